@@ -1,0 +1,92 @@
+"""Training throughput: cgi2real on Ray Train vs a bare single-process torch loop, in one run.
+
+    python bench/train.py [--data ../shared/data/horse_or_human/train] [--image-size 128]
+
+Both sides train the same model (Inception v3, fine-tuning from Mixed_6a, batch 32, AdamW) on
+the same images. The bare loop gets its batches already decoded and augmented in memory (the
+model-compute ceiling); cgi2real decodes and augments every epoch in Ray Data, streams the
+batches into a Ray Train worker, validates and checkpoints. The first epoch of each side is
+warm-up; the printed ratio compares the steady epochs. Without the shared data, images are
+generated into a temporary folder.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from cgi2real.config import TrainConfig  # noqa: E402
+from cgi2real.data import scan_labeled_dataset  # noqa: E402
+from cgi2real.model import build_model, set_trainable  # noqa: E402
+from cgi2real.presets import TrainPreset  # noqa: E402
+from cgi2real.train import MaskedCrossEntropy, make_optimizer, run, train_one_epoch  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
+
+
+def bare_loop(cfg: TrainConfig, epochs: int) -> list[float]:
+    """img/s per epoch of train_one_epoch over pre-decoded in-memory batches, no Ray."""
+    images = scan_labeled_dataset(cfg.data[0], cfg.classes)
+    preset = TrainPreset(cfg.image_size)
+    pixels = torch.stack([preset(images.root.fs.open_input_stream(p).read()) for p in images.paths])
+    labels = torch.tensor(images.labels)
+    n = len(images) // cfg.batch_size * cfg.batch_size  # full batches only, as training drops the last
+    torch.manual_seed(0)
+    model = build_model(len(cfg.classes), cfg.image_size, "none")
+    set_trainable(model, "finetune", cfg.unfreeze_from)
+    optimizer, _ = make_optimizer(model, cfg, "finetune")
+    loss_fn = MaskedCrossEntropy()
+    rates = []
+    for _ in range(epochs):
+        order = torch.randperm(len(images))[:n]
+        batches = (
+            {"image": pixels[i], "label": labels[i], "ok": torch.ones(len(i), dtype=torch.bool)}
+            for i in order.split(cfg.batch_size)
+        )
+        rates.append(train_one_epoch(model, loss_fn, optimizer, batches, torch.device("cpu")).images_per_second)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=SHARED if os.path.isdir(SHARED) else None)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="per side; the first is warm-up")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="cgi2real-bench-")
+    data, classes = args.data, ("horse", "human")
+    if data is None:
+        from cgi2real.synth.silhouettes import write_dataset
+
+        data, classes = os.path.join(tmp, "data"), ("both", "horse", "human")
+        write_dataset(data, 200, size=300)
+    cfg = TrainConfig(
+        data=(os.path.abspath(data),), out=os.path.join(tmp, "pkg"), classes=classes, weights="none",
+        image_size=args.image_size, epochs_head=0, epochs_finetune=args.epochs, batch_size=args.batch_size,
+        workers=args.workers, use_gpu=False, storage=os.path.join(tmp, "runs"), name="bench", val_fraction=0.1,
+    )
+    print(f"data {cfg.data[0]}, {args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+
+    bare = bare_loop(cfg, args.epochs)
+    start = time.perf_counter()
+    summary = run(cfg)
+    wall = time.perf_counter() - start
+    ray_rates = [e["img_per_s"] for e in summary.history]
+    steady_bare = sum(bare[1:]) / len(bare[1:])
+    steady_ray = sum(ray_rates[1:]) / len(ray_rates[1:])
+    print(f"bare torch loop, img/s per epoch:  {', '.join(f'{r:.1f}' for r in bare)}")
+    print(f"cgi2real Ray Train, img/s per epoch: {', '.join(f'{r:.1f}' for r in ray_rates)}")
+    print(f"cgi2real whole run incl. Ray start, validation, checkpoints: {wall:.1f} s")
+    print(f"ratio (steady epochs) Ray Train / bare = {steady_ray:.1f} / {steady_bare:.1f} = {steady_ray / steady_bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The `cgi2real` command line: each command parses, builds a config, calls a stage's `run`.
+
+Bad input (InputError) becomes one line on stderr and exit code 2; a training run that fails
+after it started exits 1 with one line that says how to resume.
+"""
+
+import functools
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from cgi2real.classes import parse_classes
+from cgi2real.config import EvalConfig, TrainConfig
+from cgi2real.errors import InputError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
+
+S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS).")]
+Gpu = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when present).")]
+
+
+def _fails_cleanly(command):
+    """Turn our errors into one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from cgi2real.train import TrainingFailed
+
+        try:
+            return command(*args, **kwargs)
+        except InputError as e:
+            typer.echo(f"error: {_one_line(e)}", err=True)
+            raise typer.Exit(2) from None
+        except TrainingFailed as e:
+            typer.echo(f"error: {_one_line(e)}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+@app.command()
+@_fails_cleanly
+def train(
+    data: Annotated[str, typer.Argument(help="Labeled dataset: a folder or s3:// prefix with one sub-folder per class.")],
+    out: Annotated[str, typer.Option("--out", help="Where to write the model package (folder or s3:// prefix).")],
+    val: Annotated[Optional[str], typer.Option(help="Separate labeled validation dataset.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when --val is not given.")] = 0.2,
+    weights: Annotated[str, typer.Option(help="imagenet, none (random init) or a model package to continue from.")] = "imagenet",
+    image_size: Annotated[int, typer.Option(help="Input size in px (>= 75; the aux head is used at >= 299).")] = 299,
+    epochs_head: Annotated[int, typer.Option(help="Epochs training only the new head on a frozen backbone.")] = 2,
+    epochs_finetune: Annotated[int, typer.Option(help="Epochs fine-tuning from --unfreeze-from on, at a lower rate.")] = 3,
+    unfreeze_from: Annotated[str, typer.Option(help="First Inception block trained in fine-tuning (Conv2d_1a_3x3 trains all).")] = "Mixed_6a",
+    batch_size: Annotated[int, typer.Option(help="Images per step and worker.")] = 32,
+    lr_head: Annotated[float, typer.Option(help="Learning rate of the head stage.")] = 1e-3,
+    lr_finetune: Annotated[float, typer.Option(help="Peak learning rate of fine-tuning (cosine to 0).")] = 1e-4,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.0,
+    class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting", help="Weight the loss against class imbalance.")] = True,
+    workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
+    gpu: Gpu = None,
+    storage: Annotated[Optional[str], typer.Option(help="Checkpoint storage (folder or s3:// prefix; default ~/ray_results).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name under --storage; rerun with the same name to resume.")] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from the latest checkpoint (-1: no limit).")] = 0,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in output order (default both,horse,human).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split and initialization.")] = 0,
+    s3_endpoint: S3Endpoint = None,
+):
+    """Train an Inception v3 classifier on Ray Train and write a model package."""
+    from cgi2real import train as training
+
+    cfg = TrainConfig(
+        data=(data,), out=out, val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
+        image_size=image_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
+        batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
+        class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
+        max_failures=max_failures, seed=seed, s3_endpoint=s3_endpoint,
+    )
+    summary = training.run(cfg)
+    best = summary.best
+    typer.echo(f"best epoch {summary.best_epoch}: val acc {best['val_acc']:.3f} (balanced {best['val_balanced_acc']:.3f}), val loss {best['val_loss']:.4f}")
+    typer.echo(f"model package: {summary.package}")
+    typer.echo(f"checkpoints:   {summary.run_path}")
+
+
+@app.command()
+@_fails_cleanly
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
+    data: Annotated[list[str], typer.Option("--data", help="Labeled dataset; repeat to compare several side by side.")],
+    out: Annotated[Optional[str], typer.Option("--out", help="Report folder: report.json and a confusion PNG per dataset.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    gpu: Gpu = None,
+    s3_endpoint: S3Endpoint = None,
+):
+    """Accuracy, per-class precision/recall/F1 and confusion matrices of a model package."""
+    from cgi2real import evaluate as evaluation
+
+    result = evaluation.run(EvalConfig(model=model, data=tuple(data), out=out, batch_size=batch_size, use_gpu=gpu, s3_endpoint=s3_endpoint))
+    typer.echo(f"model {result['model']} ({result['model_path']})")
+    typer.echo(evaluation.format_reports(result["datasets"]))
+    if out:
+        typer.echo(f"report: {os.path.join(out, 'report.json')}")
+
+
+@app.command()
+@_fails_cleanly
+def info(
+    package: Annotated[str, typer.Argument(help="Model package (folder or s3:// prefix).")],
+    s3_endpoint: S3Endpoint = None,
+):
+    """Show a model package's classes, input, provenance and training history."""
+    from cgi2real.model import load_model_package
+
+    typer.echo(describe_package(load_model_package(package, s3_endpoint).config, package))
+
+
+def describe_package(config: dict, where: str) -> str:
+    training = config.get("training") or {}
+    lines = [
+        f"package      {where}",
+        f"model id     {config['weights_sha256'][:16]}",
+        f"arch         {config['arch']} (aux head {'on' if config['aux_logits'] else 'off'})",
+        f"classes      {', '.join(config['classes'])}",
+        f"image size   {config['image_size']} px, mean {config['mean']}, std {config['std']}",
+        f"created      {config.get('created_at', '?')} by cgi2real {config.get('cgi2real_version', '?')} (format {config['format_version']})",
+    ]
+    if training:
+        cfg = training.get("config", {})
+        lines.append(f"trained on   {', '.join(cfg.get('data', []))} (weights {cfg.get('weights')}, {training.get('workers')} worker(s), {training.get('device')})")
+        for split, counts in training.get("class_counts", {}).items():
+            lines.append(f"  {split:10} " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+        if training.get("class_weights"):
+            lines.append("  weights    " + ", ".join(f"{name} {w:.2f}" for name, w in training["class_weights"].items()))
+        lines.append("  epoch stage     train loss  train acc  val loss  val acc  img/s")
+        for m in training.get("epochs", []):
+            best = " *" if m["epoch"] == training.get("best_epoch") else ""
+            lines.append(
+                f"  {m['epoch']:5} {m['stage']:9} {m['train_loss']:10.4f} {m['train_acc']:10.3f} {m['val_loss']:9.4f} {m['val_acc']:8.3f} {m['img_per_s']:6.1f}{best}"
+            )
+    return "\n".join(lines)
+
+
+@app.command()
+@_fails_cleanly
+def demo(
+    workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package and report.")] = "demo",
+    per_class: Annotated[int, typer.Option(help="Generated training images per class.")] = 150,
+    image_size: Annotated[int, typer.Option(help="Training input size in px.")] = 96,
+    epochs: Annotated[int, typer.Option(help="Training epochs (from scratch, whole network).")] = 8,
+    workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
+):
+    """Generate images, train from scratch on local Ray, evaluate on fresh images: the whole path, offline."""
+    from cgi2real import evaluate as evaluation
+    from cgi2real import train as training
+    from cgi2real.synth.silhouettes import write_dataset
+
+    root = os.path.abspath(workdir)
+    for split, count, seed in (("train", per_class, 0), ("test", max(per_class // 3, 10), 1)):
+        folder = os.path.join(root, "data", split)
+        if not os.path.isdir(folder):
+            typer.echo(f"[1/3] generating {count} images per class into {folder}")
+            write_dataset(folder, count, size=128, seed=seed)
+    package = os.path.join(root, "model")
+    typer.echo(f"[2/3] training ({epochs} epochs at {image_size} px, {workers} worker(s))")
+    summary = training.run(
+        TrainConfig(
+            data=(os.path.join(root, "data", "train"),), out=package, weights="none", image_size=image_size,
+            epochs_head=0, epochs_finetune=epochs, unfreeze_from="Conv2d_1a_3x3", lr_finetune=1e-3,
+            workers=workers, storage=os.path.join(root, "runs"), name="demo",
+        )
+    )
+    typer.echo(f"[3/3] evaluating on fresh images")
+    report_dir = os.path.join(root, "report")
+    result = evaluation.run(EvalConfig(model=package, data=(os.path.join(root, "data", "test"),), out=report_dir))
+    typer.echo(evaluation.format_reports(result["datasets"]))
+    accuracy = next(iter(result["datasets"].values()))["accuracy"]
+    typer.echo(f"test accuracy {accuracy:.3f} (best val acc {summary.best['val_acc']:.3f} at epoch {summary.best_epoch})")
+    typer.echo(f"model package: {package}\nreport:        {os.path.join(report_dir, 'report.json')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="cgi2real")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Run configurations: frozen dataclasses that travel into Ray as dicts and into every package."""
+
+from dataclasses import asdict, dataclass, fields
+
+from cgi2real.classes import DEFAULT_CLASSES
+from cgi2real.model import DEFAULT_UNFREEZE_FROM
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[str, ...]  # labeled dataset roots (class folders), local or s3://
+    out: str  # where the final model package is written, local or s3://
+    val: str | None = None  # a separate validation root; None: split `val_fraction` off `data`
+    val_fraction: float = 0.2  # share of each class held out when `val` is None (stratified)
+    classes: tuple[str, ...] = DEFAULT_CLASSES  # class names, in the order the model outputs them
+    weights: str = "imagenet"  # imagenet | none | a model package to continue from
+    image_size: int = 299  # square input; the aux head is used only at 299 and above
+    epochs_head: int = 2  # stage 1: only the new heads train, on a frozen backbone
+    epochs_finetune: int = 3  # stage 2: blocks from `unfreeze_from` on train too
+    unfreeze_from: str = DEFAULT_UNFREEZE_FROM  # first Inception block trained in stage 2
+    batch_size: int = 32  # per worker
+    lr_head: float = 1e-3  # AdamW learning rate in stage 1
+    lr_finetune: float = 1e-4  # stage 2 peak rate, cosine-annealed to 0 over its epochs
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    class_weighting: bool = True  # inverse-frequency loss weights against class imbalance
+    workers: int = 1  # data-parallel Ray Train workers
+    use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
+    storage: str | None = None  # Ray Train storage_path for checkpoints; None: ~/ray_results
+    name: str | None = None  # run name under `storage`; rerun with the same name to resume
+    max_failures: int = 0  # worker failures to recover from (from the latest checkpoint)
+    seed: int = 0  # for the validation split and initialization
+    s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_head + self.epochs_finetune
+
+    def stage(self, epoch: int) -> str:
+        """The stage a 0-based epoch belongs to."""
+        return "head" if epoch < self.epochs_head else "finetune"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str  # model package, local or s3://
+    data: tuple[str, ...]  # labeled datasets to evaluate, each reported separately
+    out: str | None = None  # report folder (report.json + confusion PNGs); None: print only
+    batch_size: int = 64  # images per forward pass
+    use_gpu: bool | None = None  # None: use a GPU when this machine has one
+    s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a config dataclass from asdict() output (lists back to tuples), ignoring unknown keys."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)

@@ -1,0 +1,141 @@
+"""Labeled image folders: scanning, validation splits, and the Ray Datasets that feed training.
+
+A labeled dataset is a folder (local or s3://) with one sub-folder per class; sub-folder names
+may be aliases (see classes.py). Files whose extension is not an image's are skipped and counted.
+"""
+
+import random
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from cgi2real.classes import class_for_folder, is_image_name
+from cgi2real.errors import InputError
+from cgi2real.presets import ImageError
+from cgi2real.storage import Location, locate
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """The image files of a labeled dataset, with class indices into `classes`."""
+
+    root: Location
+    classes: tuple[str, ...]
+    paths: tuple[str, ...]  # paths as the filesystem takes them (see storage.Location)
+    labels: tuple[int, ...]
+    skipped: int = 0  # files that are not images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def rows(self) -> list[dict]:
+        return [{"path": p, "label": l} for p, l in zip(self.paths, self.labels)]
+
+
+def scan_labeled_dataset(
+    uri: str, classes: tuple[str, ...], s3_endpoint: str | None = None, require_every_class: bool = True
+) -> LabeledImages:
+    """List a class-folder dataset; refuse a missing root, unknown folders and (if required) empty classes."""
+    root = locate(uri, s3_endpoint)
+    if not root.is_dir():
+        raise InputError(f"dataset {root.uri} does not exist or is not a folder")
+    prefix = root.path.rstrip("/") + "/"
+    paths, labels, unknown, skipped = [], [], set(), 0
+    for info in root.list_files():
+        relative = info.path[len(prefix):]
+        if "/" not in relative:  # a file directly in the root belongs to no class
+            skipped += 1
+            continue
+        folder = relative.split("/", 1)[0]
+        name = class_for_folder(folder, classes)
+        if name is None:
+            unknown.add(folder)
+        elif is_image_name(info.base_name):
+            paths.append(info.path)
+            labels.append(classes.index(name))
+        else:
+            skipped += 1
+    if unknown:
+        raise InputError(
+            f"dataset {root.uri} has folders that are not classes: {', '.join(sorted(unknown))} "
+            f"(classes: {', '.join(classes)}; pass --classes to change them)"
+        )
+    images = LabeledImages(root, tuple(classes), tuple(paths), tuple(labels), skipped)
+    empty = [name for name, n in images.class_counts().items() if n == 0]
+    if not images.paths:
+        raise InputError(f"dataset {root.uri} has no images in class folders ({', '.join(classes)})")
+    if require_every_class and empty:
+        raise InputError(
+            f"dataset {root.uri} has no images of class {', '.join(empty)} "
+            f"(found {_describe_counts(images)}); pass --classes to train on other classes"
+        )
+    return images
+
+
+def _describe_counts(images: LabeledImages) -> str:
+    return ", ".join(f"{name} {n}" for name, n in images.class_counts().items())
+
+
+def stratified_split(images: LabeledImages, fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """Split into (train, val) with `fraction` of each class in val, the same for the same seed.
+
+    Every class with at least two images keeps at least one image on each side.
+    """
+    if not 0 < fraction < 1:
+        raise InputError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    rng = random.Random(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(images.classes)):
+        members = [i for i, l in enumerate(images.labels) if l == label]
+        rng.shuffle(members)
+        n_val = min(max(round(len(members) * fraction), 1), len(members) - 1) if len(members) > 1 else 0
+        val_idx += members[:n_val]
+        train_idx += members[n_val:]
+
+    def subset(indices: list[int]) -> LabeledImages:
+        indices = sorted(indices)
+        return replace(
+            images, paths=tuple(images.paths[i] for i in indices), labels=tuple(images.labels[i] for i in indices), skipped=0
+        )
+
+    return subset(train_idx), subset(val_idx)
+
+
+def class_weights(counts: dict[str, int]) -> dict[str, float]:
+    """Inverse-frequency loss weights, n / (k * n_c): a balanced set gets 1.0 everywhere."""
+    total, k = sum(counts.values()), len(counts)
+    return {name: (total / (k * n) if n else 0.0) for name, n in counts.items()}
+
+
+def load_image_batch(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.ndarray]:
+    """Ray Data batch {path, label} -> {image uint8 (B, 3, S, S), label, ok}.
+
+    An image that cannot be read or decoded gets `ok = False` and zero pixels rather than
+    failing the block; the training loop drops such rows and counts them.
+    """
+    size = preset.image_size
+    images = np.zeros((len(batch["path"]), 3, size, size), dtype=np.uint8)
+    ok = np.ones(len(batch["path"]), dtype=bool)
+    for i, path in enumerate(batch["path"]):
+        try:
+            with fs.open_input_stream(path) as f:
+                images[i] = preset(f.read()).numpy()
+        except (OSError, ImageError):
+            ok[i] = False
+    return {"image": images, "label": batch["label"].astype(np.int64), "ok": ok}
+
+
+def image_dataset(images: LabeledImages, preset, shuffle: bool):
+    """A Ray Dataset of decoded, preset-transformed images; re-executed (re-augmented) each epoch."""
+    import ray.data
+
+    blocks = max(2, min(len(images) // 32, 200))
+    ds = ray.data.from_items(images.rows(), override_num_blocks=blocks)
+    if shuffle:  # shuffles the (tiny) path rows, not pixels
+        ds = ds.random_shuffle()
+    return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "fs": images.root.fs}, batch_size=32)

@@ -1,0 +1,500 @@
+"""Training: two-stage transfer learning on Ray Train, checkpoints, resume, the final package.
+
+`train_one_epoch` and `evaluate` are plain torch over any iterable of batches
+`{"image": uint8 (B, 3, S, S), "label": int64 (B,), "ok": bool (B,)}`. Ray appears only in
+`train_loop_per_worker` (model preparation, dataset shards, report) and `run` (the driver).
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cgi2real.config import TrainConfig, from_dict
+from cgi2real.data import LabeledImages, class_weights, image_dataset, scan_labeled_dataset, stratified_split
+from cgi2real.errors import InputError
+from cgi2real.model import (
+    WEIGHTS_FILE,
+    check_image_size,
+    check_unfreeze_from,
+    imagenet_state_dict,
+    initial_model,
+    load_model_package,
+    package_config,
+    save_model_package,
+    set_train_mode,
+    set_trainable,
+)
+from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, normalize
+from cgi2real.storage import first_line, locate
+
+AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper
+
+
+class MaskedCrossEntropy(nn.Module):
+    """Class-weighted, label-smoothed cross-entropy over the rows where `mask` is True.
+
+    Undecodable images stay in the batch as masked rows, so every data-parallel worker still
+    takes the same number of steps (DDP would hang otherwise).
+    """
+
+    def __init__(self, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("class_weights", class_weights)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        per_row = F.cross_entropy(
+            logits.float(), labels, weight=self.class_weights, reduction="none", label_smoothing=self.label_smoothing
+        )  # (B,), already scaled by the weight of each row's class
+        row_weight = mask.float() if self.class_weights is None else self.class_weights[labels] * mask
+        return (per_row * mask).sum() / row_weight.sum().clamp_min(1e-8)
+
+
+@dataclass
+class EpochStats:
+    """Sums over one pass; `add` merges workers' or batches' stats."""
+
+    num_classes: int
+    loss_sum: float = 0.0  # sum of per-batch mean losses times batch rows
+    n: int = 0  # images used
+    bad: int = 0  # undecodable images skipped
+    seconds: float = 0.0
+    confusion: np.ndarray = field(default=None)  # (K, K) counts: rows true class, columns predicted
+
+    def __post_init__(self):
+        if self.confusion is None:
+            self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(self.confusion.sum(), 1))
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes present (robust to imbalance)."""
+        support = self.confusion.sum(axis=1)
+        recalls = np.diag(self.confusion)[support > 0] / support[support > 0]
+        return float(recalls.mean()) if recalls.size else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n / self.seconds if self.seconds else 0.0
+
+    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
+        rows = int(mask.sum())
+        self.loss_sum += float(loss) * rows
+        self.n += rows
+        self.bad += int(mask.numel()) - rows
+        k = self.num_classes
+        pairs = (labels[mask] * k + logits[mask].argmax(dim=1)).cpu()
+        self.confusion += torch.bincount(pairs, minlength=k * k).reshape(k, k).numpy()
+
+
+def model_input(batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch -> (normalized images, labels, ok mask) on `device`; channels_last on GPU."""
+    images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = batch["label"].to(device, non_blocking=True).long()
+    mask = batch["ok"].to(device, non_blocking=True).bool()
+    return images, labels, mask
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; a no-op on CPU (bf16 matmuls are slow on most CPUs)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_one_epoch(
+    model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batches, device: torch.device,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD,
+) -> EpochStats:
+    """One pass over `batches`; frozen BatchNorm layers keep their statistics."""
+    set_train_mode(model)
+    stats = EpochStats(num_classes=_num_outputs(model))
+    start = time.perf_counter()
+    for batch in batches:
+        images, labels, mask = model_input(batch, device, mean, std)
+        with autocast(device):
+            output = model(images)
+        logits, aux = (output.logits, output.aux_logits) if hasattr(output, "aux_logits") else (output, None)
+        loss = loss_fn(logits, labels, mask)
+        if aux is not None:
+            loss = loss + AUX_LOSS_WEIGHT * loss_fn(aux, labels, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.record(loss.detach(), logits.detach(), labels, mask)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: nn.Module, batches, device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EpochStats:
+    """Loss and confusion matrix of `model` (eval mode) over `batches`."""
+    model.eval()
+    stats = EpochStats(num_classes=_num_outputs(model))
+    start = time.perf_counter()
+    for batch in batches:
+        images, labels, mask = model_input(batch, device, mean, std)
+        with autocast(device):
+            logits = model(images)
+        stats.record(loss_fn(logits, labels, mask), logits, labels, mask)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _num_outputs(model: nn.Module) -> int:
+    return getattr(model, "module", model).fc.out_features
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, stage: str):
+    """AdamW over the trainable parameters; stage 2 anneals its lower rate with a cosine."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = cfg.lr_head if stage == "head" else cfg.lr_finetune
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    steps = max(cfg.epochs_head if stage == "head" else cfg.epochs_finetune, 1)
+    eta_min = lr if stage == "head" else 0.0  # stage 1 keeps a constant rate
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=eta_min)
+
+
+# --- Checkpoints (safetensors + JSON, no pickle) ------------------------------------------------
+
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+def write_checkpoint(folder: str, model: nn.Module, optimizer, scheduler, state: dict) -> None:
+    """Model weights, optimizer tensors and everything else as JSON, into `folder`."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
+    tensors, optimizer_meta = {}, {}
+    opt_state = optimizer.state_dict()
+    for index, entries in opt_state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                optimizer_meta.setdefault(str(index), {})[key] = value
+    save_file(tensors, os.path.join(folder, TRAIN_STATE_TENSORS))
+    state = {
+        **state,
+        "optimizer": {"param_groups": opt_state["param_groups"], "scalars": optimizer_meta},
+        "scheduler": scheduler.state_dict(),
+    }
+    with open(os.path.join(folder, TRAIN_STATE_JSON), "w") as f:
+        json.dump(state, f)
+
+
+def read_train_state(folder: str) -> dict:
+    with open(os.path.join(folder, TRAIN_STATE_JSON)) as f:
+        return json.load(f)
+
+
+def read_checkpoint(folder: str) -> tuple[dict, dict, dict]:
+    """(model state dict, optimizer state dict, train state) from a checkpoint folder."""
+    state = read_train_state(folder)
+    opt_state: dict = {}
+    for key, value in load_file(os.path.join(folder, TRAIN_STATE_TENSORS)).items():
+        index, name = key.split(".", 1)
+        opt_state.setdefault(int(index), {})[name] = value
+    for index, scalars in state["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(index), {}).update(scalars)
+    optimizer = {"state": opt_state, "param_groups": state["optimizer"]["param_groups"]}
+    return load_file(os.path.join(folder, WEIGHTS_FILE)), optimizer, state
+
+
+# --- The Ray Train worker ----------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: config = {"cfg": asdict(TrainConfig), "class_weights": [...]}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(TrainConfig, config["cfg"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":  # Ray sets 1 thread per reserved CPU; use this node's cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    torch.manual_seed(cfg.seed)
+
+    model = initial_model(cfg.weights, list(cfg.classes), cfg.image_size, cfg.s3_endpoint)
+    weights = torch.tensor(config["class_weights"]) if cfg.class_weighting else None
+    loss_fn = MaskedCrossEntropy(weights, cfg.label_smoothing).to(device)
+
+    start_epoch, history, resumed_optimizer = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            model_state, opt_state, state = read_checkpoint(folder)
+        model.load_state_dict(model_state)
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        resumed_optimizer = (state["stage"], opt_state, state["scheduler"])
+        if rank == 0:
+            _say(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
+
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    stage = None
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.stage(epoch) != stage:  # a new stage: refreeze, rewrap for DDP, new optimizer
+            stage = cfg.stage(epoch)
+            trainable = set_trainable(model, stage, cfg.unfreeze_from)
+            parallel_model = ray.train.torch.prepare_model(model)
+            optimizer, scheduler = make_optimizer(model, cfg, stage)
+            if resumed_optimizer and resumed_optimizer[0] == stage:
+                optimizer.load_state_dict(resumed_optimizer[1])
+                scheduler.load_state_dict(resumed_optimizer[2])
+            resumed_optimizer = None
+        batch_args = dict(batch_size=cfg.batch_size, device=device, prefetch_batches=2)
+        lr = optimizer.param_groups[0]["lr"]
+        # drop_last: a 1-image batch breaks BatchNorm; shards are equal, so all workers drop alike
+        train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True)
+        train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
+        scheduler.step()
+        val_stats = reduce_stats(evaluate(model, loss_fn, val_shard.iter_torch_batches(**batch_args), device), device)
+        metrics = epoch_metrics(epoch, cfg.epochs, stage, lr, trainable, train_stats, val_stats)
+        history.append(metrics)
+        state = {
+            "epoch": epoch, "stage": stage, "history": history, "config": config["cfg"],
+            "package": package_config(model, list(cfg.classes), cfg.image_size),
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                write_checkpoint(folder, model, optimizer, scheduler, state)
+                _say(format_epoch(metrics))
+            checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+
+
+def _say(line: str) -> None:
+    # Not print(): Ray Train patches it into a logger that the driver then shows twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def reduce_stats(stats: EpochStats, device: torch.device) -> EpochStats:
+    """Sum stats over data-parallel workers (slowest worker's time); a no-op for one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return stats
+    sums = torch.tensor([stats.loss_sum, stats.n, stats.bad, *stats.confusion.ravel()], dtype=torch.float64, device=device)
+    seconds = torch.tensor([stats.seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(sums)
+    torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)
+    sums = sums.cpu().numpy()
+    k = stats.num_classes
+    return EpochStats(k, float(sums[0]), int(sums[1]), int(sums[2]), float(seconds), sums[3:].reshape(k, k).round().astype(np.int64))
+
+
+def epoch_metrics(epoch, epochs, stage, lr, trainable, train: EpochStats, val: EpochStats) -> dict:
+    return {
+        "epoch": epoch + 1,
+        "epochs": epochs,
+        "stage": stage,
+        "lr": lr,
+        "trainable_params": trainable,
+        "train_loss": train.loss,
+        "train_acc": train.accuracy,
+        "val_loss": val.loss,
+        "val_acc": val.accuracy,
+        "val_balanced_acc": val.balanced_accuracy,
+        "img_per_s": train.images_per_second,
+        "seconds": train.seconds + val.seconds,
+        "bad_images": train.bad + val.bad,
+    }
+
+
+def format_epoch(m: dict) -> str:
+    bad = f" | {m['bad_images']} undecodable images skipped" if m["bad_images"] else ""
+    return (
+        f"epoch {m['epoch']}/{m['epochs']} [{m['stage']:8}] train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}"
+        f" | val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} (balanced {m['val_balanced_acc']:.3f})"
+        f" | {m['img_per_s']:.1f} img/s | lr {m['lr']:.2e}{bad}"
+    )
+
+
+# --- The driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSummary:
+    package: str  # URI of the model package written
+    run_path: str  # Ray Train run folder (checkpoints)
+    best_epoch: int
+    best: dict  # that epoch's metrics
+    history: list[dict]
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped with an error after its inputs were accepted."""
+
+
+def prepare_inputs(cfg: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
+    """Validate everything cheap before starting Ray: sizes, datasets, split, weights, --out."""
+    check_image_size(cfg.image_size)
+    check_unfreeze_from(cfg.unfreeze_from)
+    if cfg.epochs_head < 0 or cfg.epochs_finetune < 0 or cfg.epochs < 1:
+        raise InputError(f"epochs must be >= 0 with at least one in total, got {cfg.epochs_head}+{cfg.epochs_finetune}")
+    if cfg.batch_size < 1 or cfg.workers < 1 or cfg.max_failures < -1:
+        raise InputError("--batch-size and --workers must be >= 1, --max-failures >= -1")
+    if len(cfg.data) != 1:
+        raise InputError(f"expected one training dataset, got {len(cfg.data)}")
+    images = scan_labeled_dataset(cfg.data[0], cfg.classes, cfg.s3_endpoint)
+    if cfg.val:
+        train, val = images, scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)
+    else:
+        train, val = stratified_split(images, cfg.val_fraction, cfg.seed)
+    if len(train) < cfg.batch_size * cfg.workers:
+        raise InputError(
+            f"{len(train)} training images are fewer than --batch-size {cfg.batch_size} x --workers {cfg.workers}: "
+            "lower them or add images"
+        )
+    if len(val) == 0:
+        raise InputError(f"no validation images: give --val DIR or more images per class than {max(images.class_counts().values())}")
+    if cfg.weights == "imagenet":
+        imagenet_state_dict()  # fails fast, with the message, when the weights cannot be had
+    elif cfg.weights != "none":
+        load_model_package(cfg.weights, cfg.s3_endpoint)
+    out = locate(cfg.out, cfg.s3_endpoint)
+    if out.scheme == "s3" and not locate(f"s3://{out.path.split('/')[0]}", cfg.s3_endpoint).exists():
+        raise InputError(f"bucket of --out {out.uri} does not exist")
+    return train, val
+
+
+def start_ray(min_cpus: int) -> None:
+    """Join the cluster in RAY_ADDRESS (as Ray jobs do), or start a local instance.
+
+    A local instance counts at least `min_cpus` CPUs and runs no dashboard: on a small machine
+    its agent costs a tenth of a core (start `ray start --head` for a dashboard).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False)
+
+
+def run(cfg: TrainConfig) -> TrainSummary:
+    """Train on Ray Train and write the best-by-validation weights as a model package to cfg.out."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    train_images, val_images = prepare_inputs(cfg)
+    name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
+    storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
+    counts = {"train": train_images.class_counts(), "val": val_images.class_counts()}
+    weights = class_weights(counts["train"])
+    print(f"training on {len(train_images)} images ({_counts_text(counts['train'])}), validating on {len(val_images)}")
+    print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
+
+    check_resumable(storage.child(name), cfg)
+    start_ray(min_cpus=cfg.workers + 1)  # a CPU beyond the workers' for decoding
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    data_context = ray.data.DataContext.get_current()  # one line per epoch instead of Ray Data's bars
+    data_context.enable_progress_bars = data_context.print_on_execution_start = False
+    datasets = {
+        "train": image_dataset(train_images, TrainPreset(cfg.image_size), shuffle=True),
+        "val": image_dataset(val_images, EvalPreset(cfg.image_size), shuffle=False).materialize(),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": asdict(cfg), "class_weights": list(weights.values())},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage.path,
+            storage_filesystem=storage.fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainingFailed(f"training failed: {first_line(e)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
+    return export_best(result, cfg, counts, weights, use_gpu)
+
+
+# Settings that may change when a run resumes; any other difference would corrupt it.
+RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "storage", "name", "max_failures", "s3_endpoint"})
+
+
+def check_resumable(run_folder, cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose latest checkpoint was made with other training settings."""
+    from ray.train import Result
+
+    if not run_folder.exists():
+        return
+    try:
+        latest = Result.from_path(run_folder.path, storage_filesystem=run_folder.fs).checkpoint
+    except RuntimeError:  # a folder without a checkpoint snapshot: nothing to resume
+        return
+    if latest is None:
+        return
+    previous = _checkpoint_file(latest, TRAIN_STATE_JSON, json.loads)["config"]
+    changed = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and _jsonable(v) != previous.get(k))
+    if changed:
+        raise InputError(
+            f"run {run_folder.uri} was started with other settings ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in changed)}); "
+            "rerun with the same settings to resume, or pass a new --name"
+        )
+
+
+def _checkpoint_file(checkpoint, name: str, parse):
+    """One file of a Ray checkpoint, read where it is stored (no download of the whole folder)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
+        return parse(f.read())
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: bool) -> TrainSummary:
+    """Write the best-by-validation checkpoint (accuracy, then loss) as the model package."""
+    best_checkpoint, best = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_acc"], -cm[1]["val_loss"]))
+    history = _checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
+    package = _checkpoint_file(best_checkpoint, TRAIN_STATE_JSON, json.loads)["package"]
+    state_dict = _checkpoint_file(best_checkpoint, WEIGHTS_FILE, load_safetensors)
+    training = {
+        "config": asdict(cfg),
+        "class_counts": counts,
+        "class_weights": weights if cfg.class_weighting else None,
+        "epochs": history,
+        "best_epoch": best["epoch"],
+        "best": best,
+        "workers": cfg.workers,
+        "device": "gpu" if use_gpu else "cpu",
+    }
+    save_model_package(state_dict, {**package, "training": training}, cfg.out, cfg.s3_endpoint)
+    return TrainSummary(locate(cfg.out, cfg.s3_endpoint).uri, str(result.path), best["epoch"], best, history)
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in counts.items())

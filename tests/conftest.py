@@ -1,0 +1,99 @@
+"""Shared fixtures: generated class-folder images, a moto S3 server on loopback, one Ray per module."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from cgi2real.synth.silhouettes import write_dataset
+
+# Fake credentials for the local S3 server; set before Ray starts so its workers inherit them.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    """Factory: a class-folder dataset of generated JPEGs, made once per (per_class, size, seed)."""
+    made = {}
+
+    def make(per_class: int = 24, size: int = 96, seed: int = 0) -> str:
+        key = (per_class, size, seed)
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"images_{per_class}_{size}_{seed}")
+            write_dataset(str(folder), per_class, size=size, seed=seed)
+            made[key] = str(folder)
+        return made[key]
+
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API (moto in server mode) on 127.0.0.1; yields its endpoint URL."""
+    port = _free_port()
+    os.environ.update(S3_ENV)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto S3 server did not start")
+            time.sleep(0.2)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint, **{k.lower(): v for k, v in S3_ENV.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_client, request):
+    """A fresh, empty bucket named after the test."""
+    name = "t-" + "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:50].strip("-")
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+def upload_folder(s3_client, folder: str, bucket: str, prefix: str) -> None:
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            s3_client.upload_file(path, bucket, f"{prefix}/{os.path.relpath(path, folder)}")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray instance per test module (start-up takes seconds), with S3 credentials set."""
+    import ray
+
+    os.environ.update(S3_ENV)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,98 @@
+"""Classes, aliases, dataset scanning, splits and class weights (no Ray)."""
+
+import os
+
+import pytest
+
+from cgi2real.classes import DEFAULT_CLASSES, class_for_folder, is_image_name, parse_classes
+from cgi2real.data import class_weights, scan_labeled_dataset, stratified_split
+from cgi2real.errors import InputError
+
+
+def make_tree(root, layout: dict[str, int], ext=".jpg"):
+    for folder, n in layout.items():
+        os.makedirs(root / folder, exist_ok=True)
+        for i in range(n):
+            (root / folder / f"img{i}{ext}").write_bytes(b"x")
+    return str(root)
+
+
+def test_aliases_map_folder_names_case_insensitively():
+    assert class_for_folder("Horses", DEFAULT_CLASSES) == "horse"
+    assert class_for_folder("PEOPLE", DEFAULT_CLASSES) == "human"
+    assert class_for_folder("person", DEFAULT_CLASSES) == "human"
+    assert class_for_folder("humans", DEFAULT_CLASSES) == "human"
+    assert class_for_folder("Both", DEFAULT_CLASSES) == "both"
+    assert class_for_folder("cats", DEFAULT_CLASSES) is None
+    assert class_for_folder("people", ("cat", "dog")) is None  # alias target not a class
+
+
+def test_parse_classes_accepts_any_names_and_rejects_bad_lists():
+    assert parse_classes(None) == DEFAULT_CLASSES
+    assert parse_classes("cat, dog,bird") == ("cat", "dog", "bird")
+    for bad in ("cat", "cat,Cat", "cat,d g", ","):
+        with pytest.raises(InputError):
+            parse_classes(bad)
+
+
+def test_image_extensions():
+    assert all(is_image_name(n) for n in ("a.JPG", "b.jpeg", "c.Png", "d.webp", "e.bmp", "f.GIF"))
+    assert not any(is_image_name(n) for n in ("a.txt", "b", ".jpg.txt", "c.tiff"))
+
+
+def test_scan_counts_classes_through_aliases_and_skips_other_files(tmp_path):
+    root = make_tree(tmp_path, {"Horses": 3, "people": 2, "both": 1})
+    (tmp_path / "Horses" / "notes.txt").write_text("not an image")
+    (tmp_path / "README").write_text("top-level file")
+    images = scan_labeled_dataset(root, DEFAULT_CLASSES)
+    assert images.class_counts() == {"both": 1, "horse": 3, "human": 2}
+    assert images.skipped == 2
+    assert len(images) == 6
+    assert all(DEFAULT_CLASSES[label] in ("both", "horse", "human") for label in images.labels)
+
+
+def test_scan_refuses_unknown_folders_and_lists_them(tmp_path):
+    root = make_tree(tmp_path, {"horse": 1, "human": 1, "both": 1, "cats": 1, "dogs": 2})
+    with pytest.raises(InputError, match="cats, dogs"):
+        scan_labeled_dataset(root, DEFAULT_CLASSES)
+    with pytest.raises(InputError, match="both, horse, human"):
+        scan_labeled_dataset(root, ("cats", "dogs"))
+
+
+def test_custom_classes_pick_their_folders(tmp_path):
+    root = make_tree(tmp_path, {"cats": 2, "dogs": 3})
+    images = scan_labeled_dataset(root, ("dogs", "cats"))
+    assert images.class_counts() == {"dogs": 3, "cats": 2}
+
+
+def test_scan_refuses_empty_class_missing_root_and_no_images(tmp_path):
+    root = make_tree(tmp_path / "a", {"horse": 2, "human": 2, "both": 0})
+    with pytest.raises(InputError, match="no images of class both"):
+        scan_labeled_dataset(root, DEFAULT_CLASSES)
+    assert scan_labeled_dataset(root, DEFAULT_CLASSES, require_every_class=False).class_counts()["both"] == 0
+    with pytest.raises(InputError, match="does not exist"):
+        scan_labeled_dataset(str(tmp_path / "missing"), DEFAULT_CLASSES)
+    empty = make_tree(tmp_path / "b", {"horse": 0})
+    with pytest.raises(InputError, match="no images"):
+        scan_labeled_dataset(empty, DEFAULT_CLASSES, require_every_class=False)
+
+
+def test_stratified_split_is_deterministic_and_keeps_every_class(tmp_path):
+    images = scan_labeled_dataset(make_tree(tmp_path, {"horse": 50, "human": 20, "both": 5}), DEFAULT_CLASSES)
+    train_a, val_a = stratified_split(images, 0.2, seed=1)
+    train_b, val_b = stratified_split(images, 0.2, seed=1)
+    _, val_c = stratified_split(images, 0.2, seed=2)
+    assert val_a.paths == val_b.paths and train_a.paths == train_b.paths
+    assert val_a.paths != val_c.paths
+    assert val_a.class_counts() == {"both": 1, "horse": 10, "human": 4}
+    assert not set(train_a.paths) & set(val_a.paths)
+    assert len(train_a) + len(val_a) == len(images)
+    with pytest.raises(InputError):
+        stratified_split(images, 1.5, seed=0)
+
+
+def test_class_weights_balance_the_loss():
+    weights = class_weights({"both": 117, "horse": 50, "human": 1103})
+    assert weights["horse"] > weights["both"] > weights["human"]
+    # each class contributes the same total weight: n_c * w_c == n / k
+    assert {round(n * weights[c], 6) for c, n in {"both": 117, "horse": 50, "human": 1103}.items()} == {round(1270 / 3, 6)}

@@ -1,0 +1,111 @@
+"""Training end to end on a local Ray instance: CLI, packages, S3, evaluation, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from cgi2real.cli import app
+from cgi2real.model import load_model_package
+from tests.conftest import upload_folder
+
+pytestmark = pytest.mark.slow
+SMALL = ["--weights", "none", "--image-size", "80", "--batch-size", "8"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, image_root, tmp_path_factory):
+    """Two workers, 1 head + 1 fine-tune epoch, on 24 generated images per class."""
+    tmp = tmp_path_factory.mktemp("trained")
+    out = invoke("train", image_root(24, 96), "--out", tmp / "pkg", *SMALL, "--epochs-head", 1, "--epochs-finetune", 1,
+                 "--workers", 2, "--storage", tmp / "runs", "--name", "two-workers")
+    return tmp, out
+
+
+def test_two_workers_write_a_valid_package(trained):
+    tmp, output = trained
+    package = load_model_package(str(tmp / "pkg"))
+    assert package.classes == ["both", "horse", "human"] and package.image_size == 80
+    training = package.config["training"]
+    assert [e["stage"] for e in training["epochs"]] == ["head", "finetune"]
+    head, finetune = training["epochs"]
+    assert head["trainable_params"] < finetune["trainable_params"]
+    for epoch in training["epochs"]:
+        assert epoch["train_loss"] > 0 and 0 <= epoch["val_acc"] <= 1 and epoch["img_per_s"] > 0
+    # 24 per class, 20% held out per class: every image seen once per epoch across both workers
+    assert training["class_counts"] == {"train": {"both": 19, "horse": 19, "human": 19}, "val": {"both": 5, "horse": 5, "human": 5}}
+    assert training["workers"] == 2 and training["best_epoch"] in (1, 2)
+    assert "model package: " in output and str(tmp / "pkg") in output
+    checkpoints = sorted(os.listdir(tmp / "runs" / "two-workers"))
+    assert "epoch_0002" in checkpoints
+
+
+def test_evaluate_and_info_read_the_package(trained, image_root):
+    tmp, _ = trained
+    output = invoke("evaluate", "--model", tmp / "pkg", "--data", image_root(24, 96), "--data", image_root(6, 96, seed=5), "--out", tmp / "report")
+    report = json.loads((tmp / "report" / "report.json").read_text())
+    assert len(report["datasets"]) == 2
+    for name, result in report["datasets"].items():
+        assert name in output
+        assert sum(map(sum, result["confusion"])) == result["n"]
+        assert set(result["per_class"]) == {"both", "horse", "human"}
+        assert (tmp / "report" / f"confusion_{name.replace('/', '_')}.png").stat().st_size > 1000
+    assert report["datasets"][next(iter(report["datasets"]))]["n"] == 72
+    info = invoke("info", tmp / "pkg")
+    assert "classes      both, horse, human" in info and "finetune" in info
+
+
+def test_train_reads_and_writes_s3(ray_cluster, image_root, s3_endpoint, s3_client, bucket):
+    upload_folder(s3_client, image_root(12, 96), bucket, "data/train")
+    invoke("train", f"s3://{bucket}/data/train", "--out", f"s3://{bucket}/models/m1", *SMALL, "--epochs-head", 1,
+           "--epochs-finetune", 1, "--unfreeze-from", "Mixed_7c", "--storage", f"s3://{bucket}/runs", "--name", "s3run",
+           "--s3-endpoint", s3_endpoint)
+    package = load_model_package(f"s3://{bucket}/models/m1", s3_endpoint)
+    assert len(package.config["training"]["epochs"]) == 2
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="runs/s3run/")["Contents"]]
+    assert any(k.endswith("epoch_0002/model.safetensors") for k in keys)
+
+
+def test_resume_after_a_kill_continues_from_the_checkpoint(image_root, tmp_path):
+    """Kill a real training process after its first checkpoint; the rerun picks up from there."""
+    storage, out = tmp_path / "runs", tmp_path / "pkg"
+    command = [sys.executable, "-m", "cgi2real.cli", "train", image_root(24, 96), "--out", str(out), *SMALL,
+               "--epochs-head", "1", "--epochs-finetune", "2", "--unfreeze-from", "Mixed_7a",
+               "--storage", str(storage), "--name", "resume-me"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    snapshot = storage / "resume-me" / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while not (snapshot.exists() and "epoch_0001" in snapshot.read_text()):
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
+    first_output = first.communicate()[0]
+    assert not out.exists(), "the first run finished before it was killed"
+    assert "epoch 1/3" in first_output
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    log = second.stdout + second.stderr
+    assert "resuming after epoch 1/3" in log
+    assert "epoch 1/3" not in log.replace("resuming after epoch 1/3", "")
+    assert "epoch 3/3" in log
+    history = load_model_package(str(out)).config["training"]["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    assert [e["stage"] for e in history] == ["head", "finetune", "finetune"]
+
+    changed = subprocess.run([*command, "--seed", "7"], capture_output=True, text=True, env=env, timeout=300)
+    assert changed.returncode == 2
+    assert "started with other settings (--seed)" in changed.stderr
