@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -29,18 +30,21 @@ from cgi2real.train import MaskedCrossEntropy, make_optimizer, run, train_one_ep
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 
 
-def bare_loop(cfg: TrainConfig, epochs: int) -> list[float]:
+def bare_loop(cfg: TrainConfig, epochs: int, device: torch.device) -> list[float]:
     """img/s per epoch of train_one_epoch over pre-decoded in-memory batches, no Ray."""
     images = scan_labeled_dataset(cfg.data[0], cfg.classes)
     preset = TrainPreset(cfg.image_size)
-    pixels = torch.stack([preset(images.root.fs.open_input_stream(p).read()) for p in images.paths])
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        pixels = torch.stack(list(pool.map(lambda p: preset(images.root.fs.open_input_stream(p).read()), images.paths)))
     labels = torch.tensor(images.labels)
     n = len(images) // cfg.batch_size * cfg.batch_size  # full batches only, as training drops the last
     torch.manual_seed(0)
-    model = build_model(len(cfg.classes), cfg.image_size, "none")
+    model = build_model(len(cfg.classes), cfg.image_size, "none").to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     set_trainable(model, "finetune", cfg.unfreeze_from)
     optimizer, _ = make_optimizer(model, cfg, "finetune")
-    loss_fn = MaskedCrossEntropy()
+    loss_fn = MaskedCrossEntropy().to(device)
     rates = []
     for _ in range(epochs):
         order = torch.randperm(len(images))[:n]
@@ -48,7 +52,7 @@ def bare_loop(cfg: TrainConfig, epochs: int) -> list[float]:
             {"image": pixels[i], "label": labels[i], "ok": torch.ones(len(i), dtype=torch.bool)}
             for i in order.split(cfg.batch_size)
         )
-        rates.append(train_one_epoch(model, loss_fn, optimizer, batches, torch.device("cpu")).images_per_second)
+        rates.append(train_one_epoch(model, loss_fn, optimizer, batches, device).images_per_second)
     return rates
 
 
@@ -59,23 +63,28 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="per side; the first is warm-up")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--per-class", type=int, default=200, help="generated images per class, without --data")
+    parser.add_argument("--generate", action="store_true", help="use generated images even if --data exists")
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU (bf16) on both sides")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-")
     data, classes = args.data, ("horse", "human")
-    if data is None:
+    if data is None or args.generate:
         from cgi2real.synth.silhouettes import write_dataset
 
         data, classes = os.path.join(tmp, "data"), ("both", "horse", "human")
-        write_dataset(data, 200, size=300)
+        write_dataset(data, args.per_class, size=320)
     cfg = TrainConfig(
         data=(os.path.abspath(data),), out=os.path.join(tmp, "pkg"), classes=classes, weights="none",
         image_size=args.image_size, epochs_head=0, epochs_finetune=args.epochs, batch_size=args.batch_size,
-        workers=args.workers, use_gpu=False, storage=os.path.join(tmp, "runs"), name="bench", val_fraction=0.1,
+        workers=args.workers, use_gpu=args.gpu, storage=os.path.join(tmp, "runs"), name="bench", val_fraction=0.1,
     )
-    print(f"data {cfg.data[0]}, {args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    where = torch.cuda.get_device_name() if args.gpu else f"{torch.get_num_threads()} threads"
+    print(f"data {cfg.data[0]}, {args.image_size} px, batch {args.batch_size}, {where}, {os.cpu_count()} cores")
 
-    bare = bare_loop(cfg, args.epochs)
+    bare = bare_loop(cfg, args.epochs, device)
     start = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - start

@@ -35,6 +35,9 @@ def _fails_cleanly(command):
         except TrainingFailed as e:
             typer.echo(f"error: {_one_line(e)}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -148,9 +151,11 @@ def describe_package(config: dict, where: str) -> str:
 @_fails_cleanly
 def demo(
     workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package and report.")] = "demo",
-    per_class: Annotated[int, typer.Option(help="Generated training images per class.")] = 150,
-    image_size: Annotated[int, typer.Option(help="Training input size in px.")] = 96,
-    epochs: Annotated[int, typer.Option(help="Training epochs (from scratch, whole network).")] = 8,
+    # Many images for few epochs: from scratch, fresh images teach more per step than repeats.
+    per_class: Annotated[int, typer.Option(help="Generated training images per class.")] = 1000,
+    image_size: Annotated[int, typer.Option(help="Training input size in px.")] = 75,
+    epochs: Annotated[int, typer.Option(help="Training epochs (from scratch, whole network).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
 ):
     """Generate images, train from scratch on local Ray, evaluate on fresh images: the whole path, offline."""
@@ -159,7 +164,7 @@ def demo(
     from cgi2real.synth.silhouettes import write_dataset
 
     root = os.path.abspath(workdir)
-    for split, count, seed in (("train", per_class, 0), ("test", max(per_class // 3, 10), 1)):
+    for split, count, seed in (("train", per_class, 0), ("test", max(per_class // 10, 10), 1)):
         folder = os.path.join(root, "data", split)
         if not os.path.isdir(folder):
             typer.echo(f"[1/3] generating {count} images per class into {folder}")
@@ -170,10 +175,10 @@ def demo(
         TrainConfig(
             data=(os.path.join(root, "data", "train"),), out=package, weights="none", image_size=image_size,
             epochs_head=0, epochs_finetune=epochs, unfreeze_from="Conv2d_1a_3x3", lr_finetune=1e-3,
-            workers=workers, storage=os.path.join(root, "runs"), name="demo",
+            batch_size=batch_size, workers=workers, storage=os.path.join(root, "runs"), name="demo",
         )
     )
-    typer.echo(f"[3/3] evaluating on fresh images")
+    typer.echo("[3/3] evaluating on fresh images")
     report_dir = os.path.join(root, "report")
     result = evaluation.run(EvalConfig(model=package, data=(os.path.join(root, "data", "test"),), out=report_dir))
     typer.echo(evaluation.format_reports(result["datasets"]))

@@ -130,12 +130,20 @@ def load_image_batch(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.n
     return {"image": images, "label": batch["label"].astype(np.int64), "ok": ok}
 
 
-def image_dataset(images: LabeledImages, preset, shuffle: bool):
-    """A Ray Dataset of decoded, preset-transformed images; re-executed (re-augmented) each epoch."""
+def image_dataset(images: LabeledImages, preset, shuffle: bool, seed: int = 0):
+    """A Ray Dataset of decoded, preset-transformed images; re-executed (re-augmented) each epoch.
+
+    With `shuffle`, the rows are shuffled once here, so that every block mixes the classes, and
+    the block order is drawn anew each epoch; the trainer adds a local shuffle buffer. A full
+    `random_shuffle` would be an all-to-all barrier before each epoch's first batch.
+    """
     import ray.data
 
-    blocks = max(2, min(len(images) // 32, 200))
-    ds = ray.data.from_items(images.rows(), override_num_blocks=blocks)
-    if shuffle:  # shuffles the (tiny) path rows, not pixels
-        ds = ds.random_shuffle()
+    rows = images.rows()
+    if shuffle:
+        random.Random(seed).shuffle(rows)
+    blocks = max(2, min(len(rows) // 32, 200))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    if shuffle:
+        ds = ds.randomize_block_order()
     return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "fs": images.root.fs}, batch_size=32)

@@ -99,13 +99,16 @@ def format_reports(reports: dict[str, dict]) -> str:
 def confusion_png(report: dict, title: str) -> bytes:
     """A confusion-matrix picture (rows: true class, columns: predicted), as PNG bytes."""
     classes, matrix = report["classes"], np.asarray(report["confusion"])
-    cell, left, top = 80, 110, 70
+    cell, left, top = 80, 110, 90
     k = len(classes)
-    img = Image.new("RGB", (left + cell * k + 20, top + cell * k + 40), "white")
-    draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=14)
-    draw.text((10, 10), f"{title}  accuracy {report['accuracy']:.3f}  n={report['n']}", fill="black", font=font)
-    draw.text((left, top - 22), "predicted →", fill="gray", font=font)
+    width = max(left + cell * k + 20, int(font.getlength(title)) + 20)
+    img = Image.new("RGB", (width, top + cell * k + 40), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), title, fill="black", font=font)
+    draw.text((10, 28), f"accuracy {report['accuracy']:.3f}, {report['n']} images", fill="black", font=font)
+    draw.text((left, top - 22), "predicted", fill="gray", font=font)
+    draw.text((10, top - 22), "true", fill="gray", font=font)
     row_totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     for i in range(k):
         draw.text((10, top + i * cell + cell // 2 - 8), classes[i][:12], fill="black", font=font)

@@ -63,10 +63,10 @@ class MaskedCrossEntropy(nn.Module):
 
 @dataclass
 class EpochStats:
-    """Sums over one pass; `add` merges workers' or batches' stats."""
+    """What one pass over the data measured (summed over workers by `reduce_stats`)."""
 
     num_classes: int
-    loss_sum: float = 0.0  # sum of per-batch mean losses times batch rows
+    loss_sum: float = 0.0  # per-batch mean loss times the batch's usable rows
     n: int = 0  # images used
     bad: int = 0  # undecodable images skipped
     seconds: float = 0.0
@@ -95,14 +95,30 @@ class EpochStats:
     def images_per_second(self) -> float:
         return self.n / self.seconds if self.seconds else 0.0
 
-    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
-        rows = int(mask.sum())
-        self.loss_sum += float(loss) * rows
-        self.n += rows
-        self.bad += int(mask.numel()) - rows
-        k = self.num_classes
-        pairs = (labels[mask] * k + logits[mask].argmax(dim=1)).cpu()
-        self.confusion += torch.bincount(pairs, minlength=k * k).reshape(k, k).numpy()
+
+class Tally:
+    """Running sums kept on the device: the loop never waits for the GPU to report a number."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.k = num_classes
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.rows = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+        self.confusion = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)  # last bin: masked rows
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
+        rows = mask.sum()
+        self.loss_sum += loss.detach().double() * rows
+        self.rows += rows
+        self.seen += mask.numel()
+        cells = torch.where(mask, labels * self.k + logits.detach().argmax(dim=1), self.k * self.k)
+        self.confusion.scatter_add_(0, cells, torch.ones_like(cells))
+
+    def result(self) -> EpochStats:
+        n = int(self.rows)  # the one synchronization of the pass
+        confusion = self.confusion[:-1].cpu().numpy().reshape(self.k, self.k)
+        return EpochStats(self.k, float(self.loss_sum), n, self.seen - n, time.perf_counter() - self.start, confusion)
 
 
 def model_input(batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,8 +142,7 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over `batches`; frozen BatchNorm layers keep their statistics."""
     set_train_mode(model)
-    stats = EpochStats(num_classes=_num_outputs(model))
-    start = time.perf_counter()
+    tally = Tally(_num_outputs(model), device)
     for batch in batches:
         images, labels, mask = model_input(batch, device, mean, std)
         with autocast(device):
@@ -139,24 +154,21 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        stats.record(loss.detach(), logits.detach(), labels, mask)
-    stats.seconds = time.perf_counter() - start
-    return stats
+        tally.add(loss, logits, labels, mask)
+    return tally.result()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, batches, device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EpochStats:
     """Loss and confusion matrix of `model` (eval mode) over `batches`."""
     model.eval()
-    stats = EpochStats(num_classes=_num_outputs(model))
-    start = time.perf_counter()
+    tally = Tally(_num_outputs(model), device)
     for batch in batches:
         images, labels, mask = model_input(batch, device, mean, std)
         with autocast(device):
             logits = model(images)
-        stats.record(loss_fn(logits, labels, mask), logits, labels, mask)
-    stats.seconds = time.perf_counter() - start
-    return stats
+        tally.add(loss_fn(logits, labels, mask), logits, labels, mask)
+    return tally.result()
 
 
 def _num_outputs(model: nn.Module) -> int:
@@ -268,7 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
         batch_args = dict(batch_size=cfg.batch_size, device=device, prefetch_batches=2)
         lr = optimizer.param_groups[0]["lr"]
         # drop_last: a 1-image batch breaks BatchNorm; shards are equal, so all workers drop alike
-        train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True)
+        train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True, local_shuffle_buffer_size=2 * cfg.batch_size)
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
         scheduler.step()
         val_stats = reduce_stats(evaluate(model, loss_fn, val_shard.iter_torch_batches(**batch_args), device), device)
@@ -381,10 +393,10 @@ def prepare_inputs(cfg: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
 
 
 def start_ray(min_cpus: int) -> None:
-    """Join the cluster in RAY_ADDRESS (as Ray jobs do), or start a local instance.
+    """Join the cluster in RAY_ADDRESS (as Ray jobs do), or start a local instance of at least `min_cpus` CPUs.
 
-    A local instance counts at least `min_cpus` CPUs and runs no dashboard: on a small machine
-    its agent costs a tenth of a core (start `ray start --head` for a dashboard).
+    The local instance keeps its dashboard: Ray Train's placement-group cleaner asks the State
+    API, which the dashboard serves, every few seconds.
     """
     import ray
 
@@ -393,7 +405,7 @@ def start_ray(min_cpus: int) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False)
+        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
 def run(cfg: TrainConfig) -> TrainSummary:
@@ -413,11 +425,15 @@ def run(cfg: TrainConfig) -> TrainSummary:
 
     check_resumable(storage.child(name), cfg)
     start_ray(min_cpus=cfg.workers + 1)  # a CPU beyond the workers' for decoding
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
+    if use_gpu and gpus < cfg.workers and not os.environ.get("RAY_ADDRESS"):
+        # A local instance cannot grow; an autoscaling cluster can, so there we let Ray wait.
+        raise InputError(f"--gpu with {cfg.workers} worker(s) needs as many GPUs; this machine has {int(gpus)}")
     data_context = ray.data.DataContext.get_current()  # one line per epoch instead of Ray Data's bars
     data_context.enable_progress_bars = data_context.print_on_execution_start = False
     datasets = {
-        "train": image_dataset(train_images, TrainPreset(cfg.image_size), shuffle=True),
+        "train": image_dataset(train_images, TrainPreset(cfg.image_size), shuffle=True, seed=cfg.seed),
         "val": image_dataset(val_images, EvalPreset(cfg.image_size), shuffle=False).materialize(),
     }
     trainer = TorchTrainer(

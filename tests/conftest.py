@@ -94,6 +94,6 @@ def ray_cluster():
     import ray
 
     os.environ.update(S3_ENV)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=4)
     yield ray
     ray.shutdown()

@@ -109,3 +109,21 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(image_root, tmp_path)
     changed = subprocess.run([*command, "--seed", "7"], capture_output=True, text=True, env=env, timeout=300)
     assert changed.returncode == 2
     assert "started with other settings (--seed)" in changed.stderr
+
+
+def test_gpu_requested_without_one_fails_with_one_line(ray_cluster, image_root, tmp_path):
+    if ray_cluster.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(app, ["train", image_root(24, 96), "--out", str(tmp_path / "p"), *SMALL, "--gpu"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --gpu with 1 worker(s) needs as many GPUs")
+
+
+def test_demo_runs_end_to_end_and_a_rerun_reuses_its_work(ray_cluster, tmp_path):
+    args = ("demo", "--workdir", tmp_path, "--per-class", 16, "--epochs", 1, "--batch-size", 8)
+    output = invoke(*args)
+    assert "test accuracy" in output and (tmp_path / "model" / "model.safetensors").exists()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert next(iter(report["datasets"].values()))["n"] == 30  # 10 fresh test images per class
+    again = invoke(*args)
+    assert "generating" not in again  # the images were kept
+    assert "resuming after epoch 1/1" in again and "epoch 1/1 [" not in again  # nothing retrained

@@ -25,7 +25,7 @@ def _background(rng: random.Random, size: int) -> Image.Image:
     for _ in range(rng.randrange(2, 6)):  # clutter: boxes and blobs that are neither figure
         x, y, w, h = (rng.uniform(0, size) for _ in range(4))
         shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape([x, y, x + w / 4, y + h / 4], fill=_colour(rng))
+        shape([x, y, x + w / 6, y + h / 6], fill=_colour(rng))
     return img
 
 
@@ -37,17 +37,17 @@ def _horse(draw: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, 
     draw.ellipse([cx - s, cy - 0.35 * s, cx + s, cy + 0.35 * s], fill=colour)  # body
     for dx in (-0.75, -0.5, 0.5, 0.75):  # legs
         knee = rng.uniform(-0.1, 0.1)
-        draw.line([X(dx), cy + 0.2 * s, X(dx + knee), cy + 0.7 * s, X(dx), cy + 1.1 * s], fill=colour, width=max(2, int(0.12 * s)))
+        draw.line([X(dx), cy + 0.2 * s, X(dx + knee), cy + 0.7 * s, X(dx), cy + 1.1 * s], fill=colour, width=max(3, int(0.16 * s)))
     draw.polygon([(X(0.6), cy - 0.2 * s), (X(0.85), cy - 0.2 * s), (X(1.25), cy - 0.9 * s), (X(1.05), cy - 1.0 * s)], fill=colour)  # neck
     draw.ellipse([min(X(1.0), X(1.55)), cy - 1.1 * s, max(X(1.0), X(1.55)), cy - 0.8 * s], fill=colour)  # head
     draw.polygon([(X(1.1), cy - 1.05 * s), (X(1.15), cy - 1.25 * s), (X(1.22), cy - 1.02 * s)], fill=colour)  # ear
-    draw.line([X(-0.95), cy - 0.15 * s, X(-1.25), cy + 0.5 * s], fill=colour, width=max(2, int(0.1 * s)))  # tail
+    draw.line([X(-0.95), cy - 0.15 * s, X(-1.25), cy + 0.5 * s], fill=colour, width=max(3, int(0.12 * s)))  # tail
 
 
 def _human(draw: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, s: float) -> None:
     """An upright person about 2s tall around (cx, cy): head, torso, arms, legs."""
     skin, clothes = _colour(rng), _colour(rng)
-    limb = max(2, int(0.12 * s))
+    limb = max(3, int(0.18 * s))
     draw.ellipse([cx - 0.15 * s, cy - 1.0 * s, cx + 0.15 * s, cy - 0.68 * s], fill=skin)  # head
     draw.rectangle([cx - 0.2 * s, cy - 0.65 * s, cx + 0.2 * s, cy + 0.1 * s], fill=clothes)  # torso
     for side in (-1, 1):
@@ -63,7 +63,7 @@ def render(label: str, seed: int, size: int = 128) -> Image.Image:
     rng = random.Random(f"{label}-{seed}")
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
-    s = size * rng.uniform(0.16, 0.24)
+    s = size * rng.uniform(0.18, 0.25)
     if label in ("horse", "both"):
         _horse(draw, rng, size * rng.uniform(0.35, 0.6), size * rng.uniform(0.45, 0.6), s, rng.random() < 0.5)
     if label in ("human", "both"):
