@@ -8,6 +8,7 @@ Loading never unpickles anything.
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -73,6 +74,8 @@ def build_model(num_classes: int, image_size: int, weights: str = "none") -> nn.
 def imagenet_state_dict() -> dict[str, torch.Tensor]:
     """torchvision's IMAGENET1K_V1 Inception v3 weights, from the torch cache or a download."""
     weights = torchvision.models.Inception_V3_Weights.IMAGENET1K_V1
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a network that drops packets must not hang the download
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # URLError, HTTPError, socket errors: all mean "not obtainable here"
@@ -82,6 +85,8 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
             f"TORCH_HOME={home} and cannot be downloaded; put {os.path.basename(weights.url)} in "
             "$TORCH_HOME/hub/checkpoints or use --weights none|PACKAGE"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
 
 
 # --- Freezing stages -------------------------------------------------------------------------
