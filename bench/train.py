@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cgi2real.config import TrainConfig  # noqa: E402
-from cgi2real.data import scan_labeled_dataset  # noqa: E402
+from cgi2real.data import load_image_batch, scan_labeled_dataset  # noqa: E402
 from cgi2real.model import build_model, set_trainable  # noqa: E402
 from cgi2real.presets import TrainPreset  # noqa: E402
 from cgi2real.train import MaskedCrossEntropy, make_optimizer, run, train_one_epoch  # noqa: E402
@@ -35,8 +35,9 @@ def bare_loop(cfg: TrainConfig, epochs: int, device: torch.device) -> list[float
     images = scan_labeled_dataset(cfg.data[0], cfg.classes)
     preset = TrainPreset(cfg.image_size)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        pixels = torch.stack(list(pool.map(lambda p: preset(images.root.fs.open_input_stream(p).read()), images.paths)))
-    labels = torch.tensor(images.labels)
+        decoded = load_image_batch({"path": images.paths, "label": images.labels}, preset, images.root.fs, pool.map)
+    assert decoded["ok"].all(), "the benchmark images must all decode"
+    pixels, labels = torch.from_numpy(decoded["image"]), torch.from_numpy(decoded["label"])
     n = len(images) // cfg.batch_size * cfg.batch_size  # full batches only, as training drops the last
     torch.manual_seed(0)
     model = build_model(len(cfg.classes), cfg.image_size, "none").to(device)

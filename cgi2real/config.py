@@ -1,6 +1,6 @@
 """Run configurations: frozen dataclasses that travel into Ray as dicts and into every package."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from cgi2real.classes import DEFAULT_CLASSES
 from cgi2real.model import DEFAULT_UNFREEZE_FROM
@@ -49,10 +49,6 @@ class EvalConfig:
     batch_size: int = 64  # images per forward pass
     use_gpu: bool | None = None  # None: use a GPU when this machine has one
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
-
-
-def to_dict(cfg) -> dict:
-    return asdict(cfg)
 
 
 def from_dict(cls, values: dict):

@@ -112,22 +112,30 @@ def class_weights(counts: dict[str, int]) -> dict[str, float]:
     return {name: (total / (k * n) if n else 0.0) for name, n in counts.items()}
 
 
-def load_image_batch(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.ndarray]:
-    """Ray Data batch {path, label} -> {image uint8 (B, 3, S, S), label, ok}.
+def load_image_batch(batch: dict[str, np.ndarray], preset, fs, map_fn=map) -> dict[str, np.ndarray]:
+    """Batch {path, label} -> {image uint8 (B, 3, S, S), label, ok}; a Ray Data map function.
 
     An image that cannot be read or decoded gets `ok = False` and zero pixels rather than
-    failing the block; the training loop drops such rows and counts them.
+    failing the block; the training loop drops such rows and counts them. `map_fn` may be a
+    thread pool's map (PIL releases the GIL while decoding).
     """
+
+    def load(path: str) -> np.ndarray | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return preset(f.read()).numpy()
+        except (OSError, ImageError):
+            return None
+
     size = preset.image_size
     images = np.zeros((len(batch["path"]), 3, size, size), dtype=np.uint8)
     ok = np.ones(len(batch["path"]), dtype=bool)
-    for i, path in enumerate(batch["path"]):
-        try:
-            with fs.open_input_stream(path) as f:
-                images[i] = preset(f.read()).numpy()
-        except (OSError, ImageError):
+    for i, pixels in enumerate(map_fn(load, batch["path"])):
+        if pixels is None:
             ok[i] = False
-    return {"image": images, "label": batch["label"].astype(np.int64), "ok": ok}
+        else:
+            images[i] = pixels
+    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64), "ok": ok}
 
 
 def image_dataset(images: LabeledImages, preset, shuffle: bool, seed: int = 0):

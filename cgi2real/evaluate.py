@@ -15,33 +15,21 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cgi2real.config import EvalConfig
-from cgi2real.data import LabeledImages, scan_labeled_dataset
+from cgi2real.data import LabeledImages, load_image_batch, scan_labeled_dataset
 from cgi2real.errors import InputError
 from cgi2real.model import load_model_package
-from cgi2real.presets import EvalPreset, ImageError
+from cgi2real.presets import EvalPreset
 from cgi2real.storage import first_line, locate
 from cgi2real.train import MaskedCrossEntropy, evaluate
 
 
 def labeled_batches(images: LabeledImages, preset, batch_size: int):
     """Yield {"image", "label", "ok"} torch batches, decoding `batch_size` files at a time in threads."""
-
-    def load(path: str) -> np.ndarray | None:
-        try:
-            with images.root.fs.open_input_stream(path) as f:
-                return preset(f.read()).numpy()
-        except (OSError, ImageError):
-            return None
-
-    size = preset.image_size
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(images), batch_size):
-            decoded = list(pool.map(load, images.paths[start:start + batch_size]))
-            yield {
-                "image": torch.from_numpy(np.stack([d if d is not None else np.zeros((3, size, size), np.uint8) for d in decoded])),
-                "label": torch.tensor(images.labels[start:start + batch_size]),
-                "ok": torch.tensor([d is not None for d in decoded]),
-            }
+            rows = {"path": images.paths[start:start + batch_size], "label": images.labels[start:start + batch_size]}
+            batch = load_image_batch(rows, preset, images.root.fs, pool.map)
+            yield {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
 def classification_report(confusion: np.ndarray, classes: list[str]) -> dict:
