@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from cgi2real.classes import parse_classes
-from cgi2real.config import EvalConfig, TrainConfig
-from cgi2real.errors import InputError
+from cgi2real.config import EvalConfig, LabelConfig, TrainConfig
+from cgi2real.errors import InputError, RunFailed
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 
@@ -25,14 +25,12 @@ def _fails_cleanly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from cgi2real.train import TrainingFailed
-
         try:
             return command(*args, **kwargs)
         except InputError as e:
             typer.echo(f"error: {_one_line(e)}", err=True)
             raise typer.Exit(2) from None
-        except TrainingFailed as e:
+        except RunFailed as e:
             typer.echo(f"error: {_one_line(e)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -107,6 +105,43 @@ def evaluate(
     typer.echo(evaluation.format_reports(result["datasets"]))
     if out:
         typer.echo(f"report: {os.path.join(out, 'report.json')}")
+
+
+@app.command()
+@_fails_cleanly
+def label(
+    source: Annotated[str, typer.Argument(help="Images to label: a folder or s3:// prefix, scanned recursively.")],
+    model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
+    out: Annotated[str, typer.Option("--out", help="The label table: a folder or s3:// prefix of Parquet files.")],
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256 on GPU, 32 on CPU).")] = None,
+    actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per GPU, else one per node).")] = None,
+    gpu: Gpu = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the table at --out first instead of resuming it.")] = False,
+    rows_per_file: Annotated[int, typer.Option(help="Commit a Parquet file once this many rows are ready, or after a minute.")] = 100_000,
+    s3_endpoint: S3Endpoint = None,
+):
+    """Label every image under SOURCE with a model package into a Parquet label table (resumable)."""
+    from cgi2real import label as labeling
+
+    summary = labeling.run(
+        LabelConfig(
+            source=source, model=model, out=out, batch_size=batch_size, actors=actors, use_gpu=gpu,
+            overwrite=overwrite, rows_per_file=rows_per_file, s3_endpoint=s3_endpoint,
+        )
+    )
+    typer.echo(labeling.format_summary(summary))
+
+
+@app.command()
+@_fails_cleanly
+def summary(
+    table: Annotated[str, typer.Argument(help="A label table written by `cgi2real label` (folder or s3:// prefix).")],
+    s3_endpoint: S3Endpoint = None,
+):
+    """Rows per class, mean confidence, error reasons and models used in a label table."""
+    from cgi2real import label as labeling
+
+    typer.echo(labeling.format_table_summary(labeling.summarize_table(table, s3_endpoint)))
 
 
 @app.command()

@@ -51,6 +51,20 @@ class EvalConfig:
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
 
+@dataclass(frozen=True)
+class LabelConfig:
+    source: str  # folder or s3:// prefix of images, scanned recursively (or one image file)
+    model: str  # model package, local or s3://
+    out: str  # the label table: a folder or s3:// prefix of Parquet files
+    batch_size: int | None = None  # images per forward pass; None: 256 on GPU, 32 on CPU
+    actors: int | None = None  # model replicas; None: one per GPU, else one
+    use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
+    overwrite: bool = False  # delete an existing table at `out` first instead of resuming it
+    rows_per_file: int = 100_000  # commit a Parquet file once this many rows are ready (~5 MB)
+    commit_seconds: float = 60.0  # commit a file at least this often, so a crash loses little
+    s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
+
+
 def from_dict(cls, values: dict):
     """Rebuild a config dataclass from asdict() output (lists back to tuples), ignoring unknown keys."""
     kwargs = {}

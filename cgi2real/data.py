@@ -1,19 +1,26 @@
-"""Labeled image folders: scanning, validation splits, and the Ray Datasets that feed training.
+"""Image folders: labeled class folders for training, unlabeled trees for labeling, and reading.
 
 A labeled dataset is a folder (local or s3://) with one sub-folder per class; sub-folder names
 may be aliases (see classes.py). Files whose extension is not an image's are skipped and counted.
+An unlabeled source is any folder, scanned recursively with the same extension rule.
 """
 
+import functools
 import random
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from cgi2real.classes import class_for_folder, is_image_name
+from cgi2real.classes import IMAGE_EXTENSIONS, class_for_folder, is_image_name
 from cgi2real.errors import InputError
 from cgi2real.presets import ImageError
-from cgi2real.storage import Location, locate
+from cgi2real.storage import Location, first_line, locate
+
+# Files larger than this are reported, not read: no image we can use is that big.
+MAX_FILE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,63 @@ def class_weights(counts: dict[str, int]) -> dict[str, float]:
     return {name: (total / (k * n) if n else 0.0) for name, n in counts.items()}
 
 
+@dataclass(frozen=True)
+class ImageFiles:
+    """The image files under an unlabeled source, with their sizes from the listing."""
+
+    root: Location
+    paths: tuple[str, ...]  # paths as the filesystem takes them (see storage.Location)
+    sizes: tuple[int, ...]
+    skipped: int = 0  # files that are not images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def scan_image_files(uri: str, s3_endpoint: str | None = None) -> ImageFiles:
+    """List every image file under a folder or s3:// prefix (or a single image file); refuse none."""
+    root = locate(uri, s3_endpoint)
+    info = root.info()
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"source {root.uri} does not exist")
+    listing = [info] if info.type == pafs.FileType.File else root.list_files()
+    images = [i for i in listing if is_image_name(i.base_name)]
+    if not images:
+        other = f" ({len(listing)} other files)" if listing else ""
+        raise InputError(f"source {root.uri} has no image files{other}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return ImageFiles(root, tuple(i.path for i in images), tuple(i.size for i in images), len(listing) - len(images))
+
+
+def read_image(fs, path: str, preset, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    """Read and preprocess one file: (uint8 pixels, None), or (None, a short reason it failed)."""
+    if size is not None and size > MAX_FILE_BYTES:
+        return None, f"too large: {size} bytes > {MAX_FILE_BYTES}"
+    try:
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except OSError as e:
+        return None, _read_error(e)
+    try:
+        return preset(data).numpy(), None
+    except ImageError as e:
+        return None, str(e)
+
+
+def _read_error(error: OSError) -> str:
+    text = str(error)
+    if isinstance(error, PermissionError) or "ACCESS_DENIED" in text or "AccessDenied" in text:
+        return "permission denied"
+    if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "NoSuchKey" in text:
+        return "file not found"
+    return f"cannot read: {first_line(error)}"
+
+
+@functools.lru_cache(maxsize=1)
+def _reader_pool() -> ThreadPoolExecutor:
+    # One per process: reading overlaps S3 latency, and PIL releases the GIL while decoding.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="cgi2real-read")
+
+
 def load_image_batch(batch: dict[str, np.ndarray], preset, fs, map_fn=map) -> dict[str, np.ndarray]:
     """Batch {path, label} -> {image uint8 (B, 3, S, S), label, ok}; a Ray Data map function.
 
@@ -119,23 +183,31 @@ def load_image_batch(batch: dict[str, np.ndarray], preset, fs, map_fn=map) -> di
     failing the block; the training loop drops such rows and counts them. `map_fn` may be a
     thread pool's map (PIL releases the GIL while decoding).
     """
+    images, errors = _read_images(batch["path"], None, preset, fs, map_fn)
+    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64), "ok": errors == ""}
 
-    def load(path: str) -> np.ndarray | None:
-        try:
-            with fs.open_input_stream(path) as f:
-                return preset(f.read()).numpy()
-        except (OSError, ImageError):
-            return None
 
-    size = preset.image_size
-    images = np.zeros((len(batch["path"]), 3, size, size), dtype=np.uint8)
-    ok = np.ones(len(batch["path"]), dtype=bool)
-    for i, pixels in enumerate(map_fn(load, batch["path"])):
-        if pixels is None:
-            ok[i] = False
-        else:
+def decode_for_labeling(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.ndarray]:
+    """Batch {path, size} -> {path, image uint8 (B, 3, S, S), error}: the labeling pipeline's CPU stage.
+
+    `error` is "" for a usable image and a short reason otherwise (its pixels are zeros), so
+    every file keeps its row.
+    """
+    images, errors = _read_images(batch["path"], batch["size"], preset, fs, _reader_pool().map)
+    return {"path": batch["path"], "image": images, "error": errors}
+
+
+def _read_images(paths, sizes, preset, fs, map_fn) -> tuple[np.ndarray, np.ndarray]:
+    s = preset.image_size
+    images = np.zeros((len(paths), 3, s, s), dtype=np.uint8)
+    errors = np.full(len(paths), "", dtype=object)
+    sizes = sizes if sizes is not None else [None] * len(paths)
+    for i, (pixels, error) in enumerate(map_fn(lambda ps: read_image(fs, ps[0], preset, ps[1]), zip(paths, sizes))):
+        if error is None:
             images[i] = pixels
-    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64), "ok": ok}
+        else:
+            errors[i] = error
+    return images, errors
 
 
 def image_dataset(images: LabeledImages, preset, shuffle: bool, seed: int = 0):

@@ -195,27 +195,38 @@ def save_model_package(
 
 
 def load_model_package(uri: str, s3_endpoint: str | None = None, classes: list[str] | None = None) -> ModelPackage:
-    """Load a model package; refuse missing files, tampered or mismatched weights, other classes.
+    """Load a model package; refuse missing files, tampered or mismatched weights, other classes."""
+    config, weights = read_model_package(uri, s3_endpoint)
+    where = locate(uri, s3_endpoint).uri
+    if classes is not None and list(classes) != config["classes"]:
+        raise InputError(f"model package {where} has classes {config['classes']}, expected {list(classes)}")
+    return package_from_bytes(config, weights, where)
 
-    The weights are read with safetensors (no pickle), their SHA-256 is checked against the
-    config, and every tensor's name and shape must match the architecture the config describes.
-    """
+
+def read_model_package(uri: str, s3_endpoint: str | None = None) -> tuple[dict, bytes]:
+    """The raw (config, weights bytes) of a package, with the config checked; see package_from_bytes."""
     folder = locate(uri, s3_endpoint)
     config = _read_package_config(folder)
-    if classes is not None and list(classes) != config["classes"]:
-        raise InputError(f"model package {folder.uri} has classes {config['classes']}, expected {list(classes)}")
     try:
-        weights = folder.child(WEIGHTS_FILE).read_bytes()
+        return config, folder.child(WEIGHTS_FILE).read_bytes()
     except FileNotFoundError:
         raise InputError(f"model package {folder.uri} has no {WEIGHTS_FILE}") from None
     except OSError as e:
         raise InputError(f"cannot read {folder.child(WEIGHTS_FILE).uri}: {first_line(e)}") from None
+
+
+def package_from_bytes(config: dict, weights: bytes, where: str) -> ModelPackage:
+    """Build a package's model from its safetensors bytes (no pickle), checking hash, names and shapes.
+
+    Model actors call this with bytes shipped through Ray's object store, so a package on the
+    driver's local disk serves a whole cluster.
+    """
     if hashlib.sha256(weights).hexdigest() != config["weights_sha256"]:
-        raise InputError(f"model package {folder.uri}: {WEIGHTS_FILE} does not match the SHA-256 in {CONFIG_FILE} (modified or corrupt)")
+        raise InputError(f"model package {where}: {WEIGHTS_FILE} does not match the SHA-256 in {CONFIG_FILE} (modified or corrupt)")
     try:
         state_dict = load_safetensors(weights)
     except (SafetensorError, ValueError) as e:
-        raise InputError(f"model package {folder.uri}: {WEIGHTS_FILE} is not a safetensors file ({first_line(e)})") from None
+        raise InputError(f"model package {where}: {WEIGHTS_FILE} is not a safetensors file ({first_line(e)})") from None
     model = torchvision.models.inception_v3(
         weights=None,
         num_classes=len(config["classes"]),
@@ -223,7 +234,7 @@ def load_model_package(uri: str, s3_endpoint: str | None = None, classes: list[s
         transform_input=config["transform_input"],
         init_weights=False,
     )
-    check_state_dict(model, state_dict, f"model package {folder.uri}")
+    check_state_dict(model, state_dict, f"model package {where}")
     model.load_state_dict(state_dict)
     return ModelPackage(model.eval(), config)
 

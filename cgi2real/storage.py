@@ -50,7 +50,11 @@ class Location:
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.path}" if self.scheme == "s3" else self.path
+        return self.uri_of(self.path)
+
+    def uri_of(self, path: str) -> str:
+        """The URI of another path on this location's filesystem (e.g. a listed file)."""
+        return f"s3://{path}" if self.scheme == "s3" else path
 
     @property
     def name(self) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 
 from cgi2real.config import TrainConfig, from_dict
 from cgi2real.data import LabeledImages, class_weights, image_dataset, scan_labeled_dataset, stratified_split
-from cgi2real.errors import InputError
+from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import (
     WEIGHTS_FILE,
     check_image_size,
@@ -356,10 +356,6 @@ class TrainSummary:
     history: list[dict]
 
 
-class TrainingFailed(RuntimeError):
-    """Training stopped with an error after its inputs were accepted."""
-
-
 def prepare_inputs(cfg: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
     """Validate everything cheap before starting Ray: sizes, datasets, split, weights, --out."""
     check_image_size(cfg.image_size)
@@ -453,7 +449,7 @@ def run(cfg: TrainConfig) -> TrainSummary:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise TrainingFailed(f"training failed: {first_line(e)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
+        raise RunFailed(f"training failed: {first_line(e)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
     return export_best(result, cfg, counts, weights, use_gpu)
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cgi2real.cli import app
 
-COMMANDS = ["train", "evaluate", "info", "demo"]
+COMMANDS = ["train", "evaluate", "label", "summary", "info", "demo"]
 
 
 def run(*args):
@@ -80,3 +80,41 @@ def test_bad_s3_endpoint_fails_fast_with_one_line(tmp_path):
 
 def test_missing_s3_bucket(s3_endpoint, tmp_path):
     assert_one_line_error(run("train", "s3://no-such-bucket/data", "--out", tmp_path / "p", "--weights", "none", "--s3-endpoint", s3_endpoint), "does not exist")
+
+
+@pytest.fixture(scope="module")
+def package(image_root, tmp_path_factory):
+    from tests.labeling import make_package
+
+    return make_package(str(tmp_path_factory.mktemp("pkg") / "pkg"), image_root(), image_size=96)
+
+
+def test_label_refuses_bad_input_before_starting_ray(package, image_root, tmp_path):
+    import ray
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    (tmp_path / "a_file").write_text("x")
+    os.makedirs(tmp_path / "busy")
+    (tmp_path / "busy" / "report.csv").write_text("x")
+    images = image_root()
+    cases = [
+        (("label", tmp_path / "nope", "--model", package, "--out", tmp_path / "o"), ["does not exist"]),
+        (("label", tmp_path / "empty", "--model", package, "--out", tmp_path / "o"), ["no image files"]),
+        (("label", tmp_path / "texts", "--model", package, "--out", tmp_path / "o"), ["no image files", "1 other files"]),
+        (("label", images, "--model", tmp_path / "empty", "--out", tmp_path / "o"), ["not a model package"]),
+        (("label", images, "--model", package, "--out", tmp_path / "a_file"), ["is a file"]),
+        (("label", images, "--model", package, "--out", tmp_path / "a_file" / "below"), ["cannot write the label table"]),
+        (("label", images, "--model", package, "--out", tmp_path / "busy"), ["not a label table", "report.csv"]),
+        (("label", images, "--model", package, "--out", tmp_path / "o", "--batch-size", 0), ["--batch-size must be >= 1"]),
+        (("summary", tmp_path / "empty"), ["no label table"]),
+    ]
+    for args, fragments in cases:
+        assert_one_line_error(run(*args), *fragments)
+    assert not ray.is_initialized()
+
+
+def test_label_bad_s3_endpoint_and_missing_bucket(package, image_root, s3_endpoint, tmp_path):
+    assert_one_line_error(run("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9"), "cannot reach s3://b/photos")
+    assert_one_line_error(run("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint), "cannot write the label table")

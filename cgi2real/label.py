@@ -1,0 +1,443 @@
+"""Batch labeling: stream image files through a model package into a Parquet label table.
+
+The pipeline is Ray Data: the driver lists the files; CPU tasks read, decode and apply the eval
+preset (`data.decode_for_labeling`); an actor pool of `Labeler`s (one per GPU, or per CPU node)
+turns uint8 batches into probabilities. The driver writes the table itself: the rows are tiny next
+to the images, and one writer can keep exactly one row per path, commit each Parquet file whole,
+and report progress.
+
+A label table is a folder of `part-*.parquet` files (see `table_schema`). Rerunning into the same
+folder labels only paths that are not in it yet.
+"""
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+import cgi2real
+from cgi2real.config import LabelConfig
+from cgi2real.data import ImageFiles, decode_for_labeling, scan_image_files
+from cgi2real.errors import InputError, RunFailed
+from cgi2real.model import package_from_bytes, read_model_package
+from cgi2real.presets import EvalPreset, normalize
+from cgi2real.storage import Location, first_line, locate
+from cgi2real.train import autocast, start_ray
+
+METADATA_KEY = b"cgi2real"  # Parquet key-value metadata: JSON with classes, model id, version
+PART_PREFIX = "part-"
+TMP_PREFIX = "_tmp-"  # uncommitted files; pyarrow, pandas and Spark skip names starting with "_"
+PROGRESS_SECONDS = 10.0
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
+
+
+# --- The model actor ---------------------------------------------------------------------------
+
+
+class Labeler:
+    """Model replica: {path, image uint8 (B, 3, S, S), error} -> {path, probs (B, K), error, labeled_at}.
+
+    Plain torch (Ray Data runs it as a pool of actors; tests call it directly). The model is built
+    once, from the package's safetensors bytes (or an ObjectRef to them). Rows with an error pass
+    through with NaN probabilities.
+    """
+
+    def __init__(self, config: dict, weights, use_gpu: bool = False, cpu_threads: int | None = None):
+        if not isinstance(weights, bytes):  # an ObjectRef: one copy in the object store serves every actor
+            import ray
+
+            weights = ray.get(weights)
+        package = package_from_bytes(config, weights, "model package")
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        if self.device.type == "cpu" and cpu_threads:
+            torch.set_num_threads(cpu_threads)  # Ray sets one thread per reserved CPU otherwise
+        self.model = package.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean, self.std, self.num_classes = package.mean, package.std, len(package.classes)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch["error"] == ""
+        probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
+        if ok.any():
+            images = normalize(torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True), self.mean, self.std)
+            if self.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast(self.device):
+                logits = self.model(images)  # (B_ok, K)
+            probs[ok] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        now_us = int(time.time() * 1e6)
+        return {"path": batch["path"], "probs": probs, "error": batch["error"], "labeled_at": np.full(len(ok), now_us, dtype=np.int64)}
+
+
+# --- The label table ---------------------------------------------------------------------------
+
+
+def table_schema(classes: list[str], model_id: str) -> pa.Schema:
+    """The label table's columns; the file metadata repeats the classes and the model id."""
+    meta = {"classes": list(classes), "model": model_id, "cgi2real_version": cgi2real.__version__}
+    return pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("label", pa.dictionary(pa.int32(), pa.string())),  # null on error
+            pa.field("confidence", pa.float32()),  # the label's probability; null on error
+            *(pa.field(f"p_{name}", pa.float32()) for name in classes),
+            pa.field("error", pa.string()),  # null when the image was labeled
+            pa.field("model", pa.string(), nullable=False),
+            pa.field("labeled_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ],
+        metadata={METADATA_KEY: json.dumps(meta).encode()},
+    )
+
+
+def to_table(paths, probs: np.ndarray, errors, labeled_at: np.ndarray, classes: list[str], model_id: str) -> pa.Table:
+    """Label-table rows from a Labeler's output; `paths` are URIs, `errors` None or a reason."""
+    failed = np.array([e is not None for e in errors], dtype=bool)
+    index = np.where(failed, 0, np.nan_to_num(probs).argmax(axis=1)).astype(np.int32)
+    label = pa.DictionaryArray.from_arrays(pa.array(index, mask=failed), pa.array(classes, pa.string()))
+    confidence = np.nan_to_num(probs).max(axis=1, initial=0.0).astype(np.float32)
+    columns = [
+        pa.array(paths, pa.string()),
+        label,
+        pa.array(confidence, mask=failed),
+        *(pa.array(probs[:, i], mask=failed) for i in range(len(classes))),
+        pa.array(errors, pa.string()),
+        pa.array([model_id] * len(paths), pa.string()),
+        pa.array(labeled_at, pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.Table.from_arrays(columns, schema=table_schema(classes, model_id))
+
+
+class LabelTable:
+    """A label table in a folder, local or s3://: committed `part-*.parquet` files.
+
+    A file is written under a `_tmp-` name and renamed when complete (locally), or uploaded in one
+    request (S3, where an object appears whole or not at all), so readers never see half a file.
+    """
+
+    def __init__(self, folder: Location):
+        self.folder = folder
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.written = 0  # files committed by this writer
+
+    def listing(self) -> list[pafs.FileInfo]:
+        return self.folder.list_files() if self.folder.is_dir() else []
+
+    def part_files(self) -> list[str]:
+        return [i.path for i in self.listing() if i.base_name.startswith(PART_PREFIX) and i.base_name.endswith(".parquet")]
+
+    def prepare(self, overwrite: bool) -> None:
+        """Check the folder is a label table (or new) and writable; clear it if `overwrite`."""
+        info = self.folder.info()
+        if info.type == pafs.FileType.File:
+            raise InputError(f"--out {self.folder.uri} is a file; give a folder for the label table")
+        listing = self.listing()
+        foreign = [i.path for i in listing if not i.base_name.startswith((PART_PREFIX, TMP_PREFIX))]
+        if foreign:
+            raise InputError(
+                f"--out {self.folder.uri} holds files that are not a label table's (e.g. {self.folder.uri_of(foreign[0])}); "
+                "give a new or empty folder"
+            )
+        try:
+            for i in listing:
+                if overwrite or i.base_name.startswith(TMP_PREFIX):  # leftovers of an interrupted run
+                    self.folder.fs.delete_file(i.path)
+            probe = self.folder.child(f"{TMP_PREFIX}probe-{self.run_id}")
+            probe.write_bytes(b"")
+            self.folder.fs.delete_file(probe.path)
+        except OSError as e:
+            raise InputError(f"cannot write the label table to {self.folder.uri}: {first_line(e)}") from None
+
+    def metadata(self) -> dict | None:
+        """The cgi2real metadata of the newest committed file (None for a new table)."""
+        parts = self.part_files()
+        if not parts:
+            return None
+        schema = pq.read_schema(parts[-1], filesystem=self.folder.fs)
+        return json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        parts = self.part_files()
+        if not parts:
+            return pa.table({c: pa.array([], pa.string()) for c in columns or ["path"]})
+        return pq.read_table(parts, columns=columns, filesystem=self.folder.fs)
+
+    def commit(self, table: pa.Table) -> str:
+        """Write `table` as the next part file, all or nothing; return its URI."""
+        self.written += 1
+        name = f"{PART_PREFIX}{self.run_id}-{self.written:05d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        final = self.folder.child(name)
+        if self.folder.scheme == "s3":
+            final.write_bytes(sink.getvalue().to_pybytes())
+        else:
+            tmp = self.folder.child(TMP_PREFIX + name)
+            tmp.write_bytes(sink.getvalue().to_pybytes())
+            self.folder.fs.move(tmp.path, final.path)  # a rename: atomic on one filesystem
+        return final.uri
+
+
+class TableWriter:
+    """Buffers Labeler output; commits a part file once `rows_per_file` rows or `seconds` have gathered.
+
+    Keeps exactly one row per path: a path already in the table, or written by this run (a
+    retried Ray task can deliver a batch twice), is dropped.
+    """
+
+    def __init__(self, table: LabelTable, root: Location, classes: list[str], model_id: str, done: set[str], rows_per_file: int, seconds: float):
+        self.table, self.root, self.classes, self.model_id = table, root, classes, model_id
+        self.seen = done
+        self.rows_per_file, self.seconds = rows_per_file, seconds
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.last_commit = time.monotonic()
+        self.rows = 0
+        self.errors: Counter[str] = Counter()
+
+    def add(self, batch: dict[str, np.ndarray]) -> int:
+        """Take one output batch; return how many new rows it brought."""
+        uris = [self.root.uri_of(p) for p in batch["path"]]
+        keep = np.array([u not in self.seen for u in uris], dtype=bool)
+        uris = [u for u, k in zip(uris, keep) if k]
+        if not uris:
+            return 0
+        self.seen.update(uris)
+        errors = [e or None for e in batch["error"][keep]]
+        self.errors.update(e.split(":", 1)[0] for e in errors if e)
+        self.pending.append(to_table(uris, batch["probs"][keep], errors, batch["labeled_at"][keep], self.classes, self.model_id))
+        self.pending_rows += len(uris)
+        self.rows += len(uris)
+        if self.pending_rows >= self.rows_per_file or time.monotonic() - self.last_commit >= self.seconds:
+            self.flush()
+        return len(uris)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.table.commit(pa.concat_tables(self.pending))
+        self.pending, self.pending_rows, self.last_commit = [], 0, time.monotonic()
+
+
+# --- The driver --------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelSummary:
+    source: str
+    table: str
+    images: int  # image files under the source
+    skipped: int  # other files under the source
+    already: int  # already in the table before this run
+    labeled: int  # rows written by this run (errors included)
+    errors: Counter = field(default_factory=Counter)  # by reason
+    seconds: float = 0.0  # from the pipeline's start (after Ray's) to the last commit
+    first_seconds: float = 0.0  # until the first results arrived: actor start-up and one block
+    first_rows: int = 0  # rows in that first arrival
+    files_written: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.labeled / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float | None:
+        """The rate once results flow (start-up excluded), which is what a large bucket sees.
+
+        None when too few rows came after the first arrival to measure it.
+        """
+        rows, seconds = self.labeled - self.first_rows, self.seconds - self.first_seconds
+        return rows / seconds if rows >= 3 * self.first_rows and seconds > 0 else None
+
+
+def run(cfg: LabelConfig) -> LabelSummary:
+    """Label every image under cfg.source not yet in the table at cfg.out; return what happened."""
+    for name in ("batch_size", "actors", "rows_per_file"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    files = scan_image_files(cfg.source, cfg.s3_endpoint)
+    config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
+    package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # fail here, not in an actor
+    table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
+    table.prepare(cfg.overwrite)
+    check_same_model(table, package.classes, package.model_id)
+    done = set(table.read(["path"]).column("path").to_pylist())
+    todo = [i for i, path in enumerate(files.paths) if files.root.uri_of(path) not in done]
+    already = len(files) - len(todo)
+    summary = LabelSummary(files.root.uri, table.folder.uri, len(files), files.skipped, already, 0)
+    print(f"{len(files)} images under {files.root.uri}" + (f" ({files.skipped} other files skipped)" if files.skipped else ""))
+    if already:
+        print(f"{already} already in {table.folder.uri}; " + (f"labeling the other {len(todo)}" if todo else "nothing left to label"))
+    if not todo:
+        return summary
+
+    import ray
+
+    start_ray(min_cpus=2)  # one CPU for the model, one for decoding
+    use_gpu, actors = _resources(cfg)
+    batch_size = cfg.batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
+    print(f"model {package.model_id} on {actors} {'GPU' if use_gpu else 'CPU'} actor(s), batch {batch_size}, {package.image_size} px", flush=True)
+    ds = labeling_dataset(files, todo, package.image_size, config, ray.put(weights), use_gpu, actors, batch_size)
+    writer = TableWriter(table, files.root, package.classes, package.model_id, done, cfg.rows_per_file, cfg.commit_seconds)
+    start = last_report = time.monotonic()
+    try:
+        with _sigterm_as_interrupt():
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                writer.add(batch)
+                if not summary.first_rows:
+                    summary.first_seconds, summary.first_rows = time.monotonic() - start, writer.rows
+                if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                    last_report = time.monotonic()
+                    rate = writer.rows / (last_report - start)
+                    print(f"  {writer.rows}/{len(todo)} labeled ({rate:.1f} img/s), {sum(writer.errors.values())} errors", flush=True)
+    except KeyboardInterrupt:
+        writer.flush()  # keep what is done: a rerun resumes after it
+        print(f"interrupted: {writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume", flush=True)
+        raise
+    except Exception as e:
+        writer.flush()
+        raise RunFailed(f"labeling failed: {first_line(e)} ({writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume)") from e
+    writer.flush()
+    summary.labeled, summary.errors = writer.rows, writer.errors
+    summary.seconds, summary.files_written = time.monotonic() - start, table.written
+    if summary.labeled != len(todo):  # an invariant of Ray Data: every input row comes out once
+        raise RunFailed(f"labeling lost {len(todo) - summary.labeled} of {len(todo)} images; rerun the same command to label them")
+    return summary
+
+
+def check_same_model(table: LabelTable, classes: list[str], model_id: str) -> None:
+    """Refuse to add rows from another model (or other classes) to an existing table."""
+    previous = table.metadata()
+    if previous and (previous.get("classes") != list(classes) or previous.get("model") != model_id):
+        raise InputError(
+            f"--out {table.folder.uri} holds labels from model {previous.get('model')} (classes {', '.join(previous.get('classes', []))}); "
+            f"this is model {model_id}: pass --overwrite to relabel, or give another --out"
+        )
+
+
+def _resources(cfg: LabelConfig) -> tuple[bool, int]:
+    """(use GPUs?, number of model actors) from the flags and what the cluster has."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
+    if use_gpu and gpus == 0 and not os.environ.get("RAY_ADDRESS"):
+        raise InputError("--gpu given but this machine has no GPU")
+    nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
+    return use_gpu, cfg.actors or (max(gpus, 1) if use_gpu else max(nodes, 1))
+
+
+def labeling_dataset(files: ImageFiles, todo: list[int], image_size: int, config: dict, weights_ref, use_gpu: bool, actors: int, batch_size: int):
+    """The Ray Dataset: file rows -> decode tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # run() prints progress lines
+    # Blocks of a few hundred files: enough tasks to keep every CPU busy, little lost on a retry.
+    block_rows = min(128, max(8, math.ceil(len(todo) / (4 * int(ray.cluster_resources().get("CPU", 1))))))
+    paths, sizes = [files.paths[i] for i in todo], [files.sizes[i] for i in todo]
+    blocks = [pa.table({"path": paths[i:i + block_rows], "size": sizes[i:i + block_rows]}) for i in range(0, len(paths), block_rows)]
+    nodes = max(1, sum(1 for n in ray.nodes() if n["Alive"]))
+    cpu_threads = None if use_gpu else max(1, (os.cpu_count() or 1) // math.ceil(actors / nodes))
+    return (
+        ray.data.from_arrow(blocks)
+        .map_batches(decode_for_labeling, fn_kwargs={"preset": EvalPreset(image_size), "fs": files.root.fs}, batch_size=None, batch_format="numpy")
+        .map_batches(
+            Labeler,
+            fn_constructor_kwargs={"config": config, "weights": weights_ref, "use_gpu": use_gpu, "cpu_threads": cpu_threads},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if use_gpu else 0,
+            num_cpus=1,
+        )
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (`ray job stop`, a pod eviction) like Ctrl-C, so finished rows get committed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def format_summary(s: LabelSummary) -> str:
+    errors = sum(s.errors.values())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in s.errors.most_common())
+    lines = [
+        f"images    {s.images} under {s.source}" + (f" ({s.skipped} other files skipped)" if s.skipped else ""),
+        f"labeled   {s.labeled - errors} now" + (f", {s.already} before" if s.already else ""),
+        f"errors    {errors}" + (f" ({reasons})" if reasons else ""),
+    ]
+    if s.labeled:
+        steady = f", {s.steady_images_per_second:.1f} img/s since" if s.steady_images_per_second else ""
+        lines.append(f"speed     {s.images_per_second:.1f} img/s ({s.labeled} images in {s.seconds:.1f} s; first results after {s.first_seconds:.1f} s{steady})")
+    lines.append(f"table     {s.table}" + (f" ({s.files_written} new file(s))" if s.files_written else ""))
+    return "\n".join(lines)
+
+
+# --- Reading a table back ----------------------------------------------------------------------
+
+
+def summarize_table(uri: str, s3_endpoint: str | None = None) -> dict:
+    """Counts per class, mean confidence, error reasons and models used in a label table."""
+    table = LabelTable(locate(uri, s3_endpoint))
+    parts = table.part_files()
+    if not parts:
+        raise InputError(f"no label table at {table.folder.uri} (no {PART_PREFIX}*.parquet files)")
+    try:
+        t = table.read(["label", "confidence", "error", "model"])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read the label table at {table.folder.uri}: {first_line(e)}") from None
+    labeled = t.filter(pc.is_valid(t["label"]))
+    per_class = {}
+    if labeled.num_rows:
+        grouped = pa.table({"label": labeled["label"].cast(pa.string()), "confidence": labeled["confidence"]})
+        for row in grouped.group_by("label").aggregate([("confidence", "count"), ("confidence", "mean")]).to_pylist():
+            per_class[row["label"]] = {"rows": row["confidence_count"], "mean_confidence": row["confidence_mean"]}
+    classes = (table.metadata() or {}).get("classes") or sorted(per_class)
+    errors = Counter(e.split(":", 1)[0] for e in t.filter(pc.is_valid(t["error"]))["error"].to_pylist())
+    models = {row["model"]: row["count_all"] for row in t.group_by("model").aggregate([([], "count_all")]).to_pylist()}
+    return {
+        "table": table.folder.uri,
+        "files": len(parts),
+        "rows": t.num_rows,
+        "per_class": {name: per_class.get(name, {"rows": 0, "mean_confidence": None}) for name in classes},
+        "errors": dict(errors.most_common()),
+        "models": models,
+    }
+
+
+def format_table_summary(s: dict) -> str:
+    lines = [f"label table  {s['table']}: {s['rows']} rows in {s['files']} file(s)"]
+    lines += [f"model        {model}: {n} rows" for model, n in s["models"].items()]
+    lines.append(f"{'class':12} {'rows':>8} {'share':>7} {'mean confidence':>16}")
+    for name, c in s["per_class"].items():
+        confidence = f"{c['mean_confidence']:.3f}" if c["mean_confidence"] is not None else "-"
+        lines.append(f"{name:12} {c['rows']:8} {c['rows'] / max(s['rows'], 1):7.1%} {confidence:>16}")
+    n_errors = sum(s["errors"].values())
+    lines.append(f"{'errors':12} {n_errors:8} {n_errors / max(s['rows'], 1):7.1%}" + (f"  ({', '.join(f'{r} {n}' for r, n in s['errors'].items())})" if n_errors else ""))
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Helpers for the labeling tests: a package with meaningful outputs, a zoo of awkward files."""
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cgi2real.classes import DEFAULT_CLASSES, is_image_name
+from cgi2real.model import build_model, load_model_package, package_config, save_model_package
+from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
+
+
+def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 0) -> str:
+    """A random-init package whose BatchNorm statistics are measured on real images.
+
+    Untrained running statistics make activations explode in eval mode, so every image would get
+    the same class with probability 1.0; measured ones give varied, unsaturated predictions, which
+    makes "labels equal direct predictions" a real check.
+    """
+    torch.manual_seed(seed)
+    model = build_model(len(DEFAULT_CLASSES), image_size, "none")
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration pass
+    preset = EvalPreset(image_size)
+    images = torch.stack([preset(open(p, "rb").read()) for p in image_files(image_folder)])
+    model.train()
+    with torch.no_grad():
+        model(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
+    model.eval()
+    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), image_size), out)
+    return out
+
+
+def image_files(folder: str) -> list[str]:
+    """Every file under `folder` with an image extension: the inputs a label run must cover."""
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if is_image_name(f))
+
+
+def direct_probabilities(package_dir: str, paths: list[str]) -> dict[str, np.ndarray | None]:
+    """Each file predicted on its own, batch of one, without Ray (None: not decodable)."""
+    package = load_model_package(package_dir)
+    preset = EvalPreset(package.image_size)
+    result = {}
+    for path in paths:
+        try:
+            pixels = preset(open(path, "rb").read())
+        except ImageError:
+            result[path] = None
+            continue
+        with torch.no_grad():
+            logits = package.model(normalize(pixels[None], package.mean, package.std))
+        result[path] = torch.softmax(logits, dim=1)[0].numpy()
+    return result
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels (a decompression bomb's header) but holds almost none."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def upright_and_exif_rotated() -> tuple[bytes, bytes]:
+    """The same picture twice: stored upright, and stored sideways with EXIF orientation 6 (lossless)."""
+    pixels = np.zeros((40, 120, 3), np.uint8)
+    pixels[:, :40] = (200, 30, 30)
+    pixels[10:30, 60:] = (30, 30, 200)
+    upright = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    return _encode(upright, "PNG"), _encode(upright.rotate(90, expand=True), "PNG", exif=exif)
+
+
+def write_zoo(folder: str) -> dict[str, str | None]:
+    """Awkward files; returns file name -> expected error reason (None: must be labeled)."""
+    os.makedirs(folder, exist_ok=True)
+    jpeg = _encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)), "JPEG")
+    upright, rotated = upright_and_exif_rotated()
+    files = {
+        "truncated.jpg": (jpeg[: len(jpeg) // 3], "truncated"),
+        "zero_bytes.jpg": (b"", "empty file"),
+        "text.jpg": (b"this is not a picture\n", "not an image"),
+        "huge_dimensions.png": (_png_header_only(100_000, 100_000), "too large"),
+        "one_pixel.png": (_encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), None),
+        "cmyk.jpg": (_encode(Image.new("CMYK", (64, 48), (0, 255, 255, 0)), "JPEG"), None),
+        "sixteen_bit.png": (_encode(Image.fromarray(np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)), "PNG"), None),
+        "rgba.png": (_encode(Image.new("RGBA", (64, 48), (0, 200, 0, 128)), "PNG"), None),
+        "palette.gif": (_encode(Image.new("P", (64, 48), 5), "GIF"), None),
+        "upright.png": (upright, None),
+        "exif_rotated.png": (rotated, None),
+        "UPPER_CASE.JPEG": (jpeg, None),
+    }
+    for name, (data, _) in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(folder, "notes.txt"), "w") as f:
+        f.write("not an input: wrong extension\n")
+    return {name: reason for name, (_, reason) in files.items()}

@@ -1,0 +1,231 @@
+"""Batch labeling: the model actor and table writer alone, then whole runs on Ray (local and S3)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cgi2real.cli import app
+from cgi2real.data import read_image
+from cgi2real.errors import InputError
+from cgi2real.label import Labeler, LabelTable, TableWriter, to_table
+from cgi2real.model import read_model_package
+from cgi2real.presets import EvalPreset
+from cgi2real.storage import locate, s3_filesystem
+from tests.conftest import upload_folder
+from tests.labeling import direct_probabilities, image_files, make_package, write_zoo
+
+CLASSES = ["both", "horse", "human"]
+
+
+def invoke(*args, code=0):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def package(image_root, tmp_path_factory):
+    return make_package(str(tmp_path_factory.mktemp("pkg") / "pkg"), image_root(16, 96))
+
+
+@pytest.fixture(scope="module")
+def source(image_root, tmp_path_factory):
+    """48 generated JPEGs in class folders plus the zoo; returns (folder, zoo reasons)."""
+    folder = tmp_path_factory.mktemp("source") / "images"
+    shutil.copytree(image_root(16, 96), folder)
+    return str(folder), write_zoo(str(folder / "zoo"))
+
+
+@pytest.fixture(scope="module")
+def expected(package, source):
+    """Direct single-image predictions of every input file, keyed by path."""
+    return direct_probabilities(package, image_files(source[0]))
+
+
+def batch_of(paths: list[str], size: int = 96) -> dict:
+    """A decoded batch as the pipeline's CPU stage makes it."""
+    from cgi2real.data import decode_for_labeling
+
+    return decode_for_labeling({"path": np.array(paths, object), "size": np.array([os.path.getsize(p) for p in paths])}, EvalPreset(size), locate("/").fs)
+
+
+# --- Without Ray -----------------------------------------------------------------------------------
+
+
+def test_labeler_equals_single_image_predictions_and_passes_errors_through(package, source, expected):
+    folder, zoo = source
+    paths = image_files(folder)
+    config, weights = read_model_package(package)
+    output = Labeler(config, weights)(batch_of(paths))
+    for path, probs, error in zip(output["path"], output["probs"], output["error"]):
+        if expected[path] is None:
+            assert error and np.isnan(probs).all()
+        else:
+            assert error == "" and probs.argmax() == expected[path].argmax()
+            np.testing.assert_allclose(probs, expected[path], atol=1e-4)
+    assert len({int(p.argmax()) for p in output["probs"] if not np.isnan(p).any()}) > 1, "the test package should disagree with itself"
+
+
+def test_read_errors_name_the_reason(tmp_path):
+    preset = EvalPreset(96)
+    assert read_image(locate("/").fs, str(tmp_path / "gone.jpg"), preset) == (None, "file not found")
+    assert read_image(locate("/").fs, str(tmp_path / "x.jpg"), preset, size=2**40)[1].startswith("too large: ")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_permission_denied(tmp_path):
+    path = tmp_path / "secret.jpg"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    assert read_image(locate("/").fs, str(path), EvalPreset(96)) == (None, "permission denied")
+
+
+def test_table_writer_commits_whole_files_and_never_duplicates_a_path(tmp_path, package, source):
+    folder, _ = source
+    paths = image_files(folder)[:10]
+    config, weights = read_model_package(package)
+    output = Labeler(config, weights)(batch_of(paths))
+    table = LabelTable(locate(str(tmp_path / "t")))
+    table.prepare(overwrite=False)
+    writer = TableWriter(table, locate("/"), CLASSES, "m1", set(paths[:2]), rows_per_file=4, seconds=3600)
+    assert writer.add(output) == 8  # the two already in the table are dropped
+    assert writer.add(output) == 0  # a batch delivered twice (a retried task) adds nothing
+    writer.flush()
+    files = sorted(os.listdir(tmp_path / "t"))
+    assert len(files) == 1 and files[0].startswith("part-")  # the batch reached 4 rows: committed, no temp file left
+    written = pq.read_table(tmp_path / "t")
+    assert sorted(written["path"].to_pylist()) == sorted(paths[2:])
+
+
+def test_table_refuses_foreign_files_and_clears_leftovers(tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "_tmp-part-x.parquet").write_bytes(b"half a file")
+    LabelTable(locate(str(folder))).prepare(overwrite=False)
+    assert os.listdir(folder) == []  # an interrupted run's temp file is gone
+    (folder / "mine.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match="not a label table"):
+        LabelTable(locate(str(folder))).prepare(overwrite=True)
+    assert (folder / "mine.csv").exists()
+
+
+def test_to_table_follows_the_contract():
+    probs = np.array([[0.2, 0.7, 0.1], [np.nan] * 3], dtype=np.float32)
+    t = to_table(["a.jpg", "b.jpg"], probs, [None, "truncated"], np.array([0, 1_000_000]), CLASSES, "abc")
+    assert t.column_names == ["path", "label", "confidence", "p_both", "p_horse", "p_human", "error", "model", "labeled_at"]
+    assert t["label"].to_pylist() == ["horse", None] and t["error"].to_pylist() == [None, "truncated"]
+    assert t["confidence"].to_pylist()[0] == pytest.approx(0.7) and t["confidence"].to_pylist()[1] is None
+    assert t.schema.field("label").type == pa.dictionary(pa.int32(), pa.string())
+    assert t.schema.field("p_horse").type == pa.float32()
+    assert t.schema.field("labeled_at").type == pa.timestamp("us", tz="UTC")
+
+
+# --- On Ray ----------------------------------------------------------------------------------------
+
+
+def assert_table_matches(table: pa.Table, expected: dict, uri_of, zoo: dict):
+    """One row per input; error rows exactly for the broken files; labels equal direct predictions."""
+    rows = {row["path"]: row for row in table.to_pylist()}
+    assert len(rows) == table.num_rows == len(expected)
+    assert set(rows) == {uri_of(p) for p in expected}
+    for path, probs in expected.items():
+        row = rows[uri_of(path)]
+        reason = zoo.get(os.path.basename(path))
+        if reason is None and probs is not None:
+            assert row["error"] is None and row["label"] == CLASSES[int(probs.argmax())], path
+            np.testing.assert_allclose([row[f"p_{c}"] for c in CLASSES], probs, atol=1e-4)
+            assert row["confidence"] == pytest.approx(float(probs.max()), abs=1e-4)
+        else:
+            assert reason is not None, f"{path} should have been labeled"
+            assert row["label"] is None and row["p_horse"] is None and reason in row["error"], (path, row["error"])
+    name_of = {os.path.basename(p): uri_of(p) for p in expected}
+    assert rows[name_of["exif_rotated.png"]]["p_both"] == pytest.approx(rows[name_of["upright.png"]]["p_both"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_label_a_local_folder_then_rerun_adds_nothing(ray_cluster, package, source, expected, tmp_path):
+    import duckdb
+    import pandas as pd
+
+    folder, zoo = source
+    out = tmp_path / "labels"
+    output = invoke("label", folder, "--model", package, "--out", out, "--batch-size", 8).output
+    table = pq.read_table(out)
+    assert_table_matches(table, expected, lambda p: p, zoo)
+    broken = sum(1 for r in zoo.values() if r)
+    assert f"errors    {broken} (" in output and "1 other files skipped" in output and f"table     {out}" in output
+
+    meta = pq.read_schema(next(out.glob("part-*.parquet"))).metadata[b"cgi2real"].decode()
+    config, _ = read_model_package(package)
+    assert config["weights_sha256"][:16] in meta and '"classes": ["both", "horse", "human"]' in meta
+    assert set(table["model"].to_pylist()) == {config["weights_sha256"][:16]}
+    assert len(pd.read_parquet(out)) == len(expected)
+    n, distinct, errors = duckdb.sql(f"select count(*), count(distinct path), count(error) from read_parquet('{out}/*.parquet')").fetchall()[0]
+    assert (n, distinct, errors) == (len(expected), len(expected), broken)
+
+    files_before = sorted(os.listdir(out))
+    again = invoke("label", folder, "--model", package, "--out", out).output
+    assert f"{len(expected)} already in" in again and sorted(os.listdir(out)) == files_before
+
+    summary = invoke("summary", out).output
+    assert f"{len(expected)} rows" in summary and "truncated 1" in summary and config["weights_sha256"][:16] in summary
+
+
+@pytest.mark.slow
+def test_label_an_s3_prefix_with_an_s3_package(ray_cluster, package, source, expected, s3_client, bucket, s3_endpoint):
+    folder, zoo = source
+    upload_folder(s3_client, folder, bucket, "photos")
+    upload_folder(s3_client, package, bucket, "models/m1")
+    invoke("label", f"s3://{bucket}/photos", "--model", f"s3://{bucket}/models/m1", "--out", f"s3://{bucket}/labels", "--s3-endpoint", s3_endpoint, "--batch-size", 16)
+    table = pq.read_table(f"{bucket}/labels", filesystem=s3_filesystem(s3_endpoint))
+    assert_table_matches(table, expected, lambda p: f"s3://{bucket}/photos/{os.path.relpath(p, folder)}", zoo)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="labels/")["Contents"]]
+    files = [k for k in keys if not k.endswith("/")]  # pyarrow keeps a folder marker
+    assert files and all(k.startswith("labels/part-") for k in files)
+    assert "truncated 1" in invoke("summary", f"s3://{bucket}/labels", "--s3-endpoint", s3_endpoint).output
+
+
+@pytest.mark.slow
+def test_another_model_is_refused_and_overwrite_relabels(ray_cluster, package, image_root, tmp_path):
+    images, out = image_root(4, 96), tmp_path / "labels"
+    other = make_package(str(tmp_path / "other"), images, seed=1)
+    invoke("label", images, "--model", package, "--out", out)
+    refused = invoke("label", images, "--model", other, "--out", out, code=2)
+    assert "holds labels from model" in refused.stderr and "--overwrite" in refused.stderr
+    invoke("label", images, "--model", other, "--out", out, "--overwrite")
+    table = pq.read_table(out)
+    other_id = read_model_package(other)[0]["weights_sha256"][:16]
+    assert table.num_rows == 12 and set(table["model"].to_pylist()) == {other_id}
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_losing_or_repeating_a_row(package, source, expected, tmp_path):
+    """Kill a real labeling process after its first committed file; the rerun completes the table."""
+    folder, zoo = source
+    out = tmp_path / "labels"
+    command = [sys.executable, "-m", "cgi2real.cli", "label", folder, "--model", package, "--out", str(out), "--batch-size", "4", "--rows-per-file", "4"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("part-*.parquet")):
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "no file committed within 120 s"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
+    first.communicate()
+    partial = pq.read_table(out).num_rows
+    assert 0 < partial < len(expected), "the first run finished before it was killed"
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{partial} already in" in second.stdout
+    assert_table_matches(pq.read_table(out), expected, lambda p: p, zoo)
