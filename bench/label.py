@@ -74,10 +74,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-label-")
     data = args.data
     if data is None or args.generate:
-        from cgi2real.synth.silhouettes import write_dataset
+        from generated import replicated_dataset
 
-        data = os.path.join(tmp, "images")
-        write_dataset(data, max(1, args.generate // 3) if args.generate else 350, size=320)
+        data = replicated_dataset(os.path.join(tmp, "images"), max(1, args.generate // 3) if args.generate else 350)
     batch_size = args.batch_size or (GPU_BATCH_SIZE if args.gpu else CPU_BATCH_SIZE)
     model = build_model(len(DEFAULT_CLASSES), args.image_size, "none")
     package = os.path.join(tmp, "pkg")

@@ -72,10 +72,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-")
     data, classes = args.data, ("horse", "human")
     if data is None or args.generate:
-        from cgi2real.synth.silhouettes import write_dataset
+        from generated import replicated_dataset
 
         data, classes = os.path.join(tmp, "data"), ("both", "horse", "human")
-        write_dataset(data, args.per_class, size=320)
+        replicated_dataset(data, args.per_class)
     cfg = TrainConfig(
         data=(os.path.abspath(data),), out=os.path.join(tmp, "pkg"), classes=classes, weights="none",
         image_size=args.image_size, epochs_head=0, epochs_finetune=args.epochs, batch_size=args.batch_size,

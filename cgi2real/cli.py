@@ -184,42 +184,83 @@ def describe_package(config: dict, where: str) -> str:
 
 @app.command()
 @_fails_cleanly
+def synth(
+    out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix; images go to OUT/<class>/.")],
+    per_class: Annotated[int, typer.Option(help="Images per class.")],
+    size: Annotated[int, typer.Option(help="Image side in px.")] = 299,
+    seed: Annotated[int, typer.Option(help="Image i of a class is rendered from seed * 1000003 + i.")] = 0,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated subset of both,horse,human.")] = None,
+    s3_endpoint: S3Endpoint = None,
+):
+    """Render CGI images of horses, people and both into class folders, as a Ray Data job."""
+    from cgi2real.config import SynthConfig
+    from cgi2real.synth import dataset
+
+    counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), s3_endpoint=s3_endpoint))
+    rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
+    typer.echo(f"wrote {counts['written']} images{rate}, {counts['already']} were there; {counts['redrawn_camera']} needed another camera, {counts['not_visible']} kept a figure below the visibility bar")
+
+
+@app.command()
+@_fails_cleanly
+def samples(
+    out: Annotated[str, typer.Argument(help="PNG file for the contact sheet.")] = "docs/synth-samples.png",
+    per_class: Annotated[int, typer.Option(help="Samples per class (one row per class).")] = 6,
+    size: Annotated[int, typer.Option(help="Tile side in px.")] = 299,
+    seed: Annotated[int, typer.Option(help="Seed, as for synth.")] = 0,
+):
+    """Render a contact sheet of synth samples (the README's picture)."""
+    from cgi2real.synth.dataset import contact_sheet
+
+    contact_sheet(out, per_class, size, seed)
+    typer.echo(f"contact sheet: {out}")
+
+
+@app.command()
+@_fails_cleanly
 def demo(
-    workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package and report.")] = "demo",
+    workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package, report and label table.")] = "demo",
     # Many images for few epochs: from scratch, fresh images teach more per step than repeats.
-    per_class: Annotated[int, typer.Option(help="Generated training images per class.")] = 1000,
+    per_class: Annotated[int, typer.Option(help="Rendered training images per class.")] = 800,
+    render_size: Annotated[int, typer.Option(help="Rendered image side in px.")] = 96,
     image_size: Annotated[int, typer.Option(help="Training input size in px.")] = 75,
     epochs: Annotated[int, typer.Option(help="Training epochs (from scratch, whole network).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
 ):
-    """Generate images, train from scratch on local Ray, evaluate on fresh images: the whole path, offline."""
+    """Render images, train from scratch on local Ray, evaluate, label fresh images: the whole path, offline."""
     from cgi2real import evaluate as evaluation
+    from cgi2real import label as labeling
     from cgi2real import train as training
-    from cgi2real.synth.silhouettes import write_dataset
+    from cgi2real.config import SynthConfig
+    from cgi2real.synth import dataset
 
     root = os.path.abspath(workdir)
-    for split, count, seed in (("train", per_class, 0), ("test", max(per_class // 10, 10), 1)):
-        folder = os.path.join(root, "data", split)
-        if not os.path.isdir(folder):
-            typer.echo(f"[1/3] generating {count} images per class into {folder}")
-            write_dataset(folder, count, size=128, seed=seed)
+    data = {split: os.path.join(root, "data", split) for split in ("train", "test", "unlabeled")}
+    small = max(per_class // 10, 10)
+    for split, count, seed in (("train", per_class, 0), ("test", small, 1), ("unlabeled", small, 2)):
+        typer.echo(f"[1/4] rendering {count} images per class into {data[split]}")
+        dataset.run(SynthConfig(out=data[split], per_class=count, size=render_size, seed=seed))
     package = os.path.join(root, "model")
-    typer.echo(f"[2/3] training ({epochs} epochs at {image_size} px, {workers} worker(s))")
+    typer.echo(f"[2/4] training ({epochs} epochs at {image_size} px, {workers} worker(s))")
     summary = training.run(
         TrainConfig(
-            data=(os.path.join(root, "data", "train"),), out=package, weights="none", image_size=image_size,
+            data=(data["train"],), out=package, weights="none", image_size=image_size,
             epochs_head=0, epochs_finetune=epochs, unfreeze_from="Conv2d_1a_3x3", lr_finetune=1e-3,
             batch_size=batch_size, workers=workers, storage=os.path.join(root, "runs"), name="demo",
         )
     )
-    typer.echo("[3/3] evaluating on fresh images")
+    typer.echo("[3/4] evaluating on fresh images")
     report_dir = os.path.join(root, "report")
-    result = evaluation.run(EvalConfig(model=package, data=(os.path.join(root, "data", "test"),), out=report_dir))
+    result = evaluation.run(EvalConfig(model=package, data=(data["test"],), out=report_dir))
     typer.echo(evaluation.format_reports(result["datasets"]))
     accuracy = next(iter(result["datasets"].values()))["accuracy"]
+    typer.echo(f"[4/4] labeling {data['unlabeled']} into a Parquet table")
+    table = os.path.join(root, "labels")
+    labeling.run(LabelConfig(source=data["unlabeled"], model=package, out=table))
+    typer.echo(labeling.format_table_summary(labeling.summarize_table(table)))
     typer.echo(f"test accuracy {accuracy:.3f} (best val acc {summary.best['val_acc']:.3f} at epoch {summary.best_epoch})")
-    typer.echo(f"model package: {package}\nreport:        {os.path.join(report_dir, 'report.json')}")
+    typer.echo(f"model package: {package}\nreport:        {os.path.join(report_dir, 'report.json')}\nlabel table:   {table}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,6 +65,16 @@ class LabelConfig:
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
 
+@dataclass(frozen=True)
+class SynthConfig:
+    out: str  # folder or s3:// prefix; images go to out/<class>/
+    per_class: int  # images per class
+    size: int = 299  # square image side in px
+    seed: int = 0  # image i of a class is rendered from seed * 1_000_003 + i
+    classes: tuple[str, ...] = DEFAULT_CLASSES  # any of both, horse, human
+    s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
+
+
 def from_dict(cls, values: dict):
     """Rebuild a config dataclass from asdict() output (lists back to tuples), ignoring unknown keys."""
     kwargs = {}

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from cgi2real.synth.silhouettes import write_dataset
+from cgi2real.synth.dataset import write_dataset
 
 # Fake credentials for the local S3 server; set before Ray starts so its workers inherit them.
 S3_ENV = {

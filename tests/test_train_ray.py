@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -124,6 +125,10 @@ def test_demo_runs_end_to_end_and_a_rerun_reuses_its_work(ray_cluster, tmp_path)
     assert "test accuracy" in output and (tmp_path / "model" / "model.safetensors").exists()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert next(iter(report["datasets"].values()))["n"] == 30  # 10 fresh test images per class
+    table = pq.read_table(tmp_path / "labels")
+    assert table.num_rows == 30 and table["error"].null_count == 30  # 10 unlabeled images per class, all labeled
+    assert "label table" in output and str(tmp_path / "labels") in output
     again = invoke(*args)
-    assert "generating" not in again  # the images were kept
+    assert "rendering" not in again and again.count("images already in") == 3  # the images were kept
+    assert "30 already in" in again  # and labeled
     assert "resuming after epoch 1/1" in again and "epoch 1/1 [" not in again  # nothing retrained

@@ -1,0 +1,137 @@
+"""Class folders of rendered images: `write_dataset` in-process, `run` as a Ray Data job, and a contact sheet.
+
+Image `i` of class `c` is rendered from seed `seed * 1_000_003 + i` and saved as
+`DEST/<c>/<c>_<i:06d>.jpg` (JPEG quality 92), so the same arguments give the same files, and a
+rerun into the same folder renders only the files that are missing.
+"""
+
+import io
+import json
+import time
+
+from PIL import Image, ImageDraw
+
+from cgi2real.classes import DEFAULT_CLASSES
+from cgi2real.config import SynthConfig
+from cgi2real.errors import InputError
+from cgi2real.storage import Location, first_line, locate
+from cgi2real.synth.scenes import render_scene
+
+SETTINGS_FILE = "_synth.json"  # the settings a folder was made with; not in any class folder
+PROGRESS_SECONDS = 10.0
+
+
+def image_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+def image_name(label: str, index: int) -> str:
+    return f"{label}/{label}_{index:06d}.jpg"
+
+
+def render_jpeg(label: str, seed: int, size: int) -> tuple[bytes, dict]:
+    image, info = render_scene(label, seed, size)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue(), info
+
+
+def write_dataset(out: str, per_class: int, size: int = 299, seed: int = 0, classes=DEFAULT_CLASSES, s3_endpoint: str | None = None) -> int:
+    """Render `per_class` images per class into out/<class>/ in this process; return how many."""
+    root = locate(out, s3_endpoint)
+    for label in classes:
+        for i in range(per_class):
+            root.child(image_name(label, i)).write_bytes(render_jpeg(label, image_seed(seed, i), size)[0])
+    return per_class * len(classes)
+
+
+def render_batch(batch: dict, root: Location, size: int, seed: int) -> dict:
+    """Ray Data map function: rows {label, index} -> the files written, with what each shows."""
+    infos = []
+    for label, index in zip(batch["label"], batch["index"]):
+        data, info = render_jpeg(str(label), image_seed(seed, int(index)), size)
+        root.child(image_name(str(label), int(index))).write_bytes(data)
+        infos.append(json.dumps(info, default=str))
+    return {"label": batch["label"], "info": infos}
+
+
+def run(cfg: SynthConfig) -> dict:
+    """Render the class folders at cfg.out on Ray (local or the cluster in RAY_ADDRESS); return counts."""
+    unknown = [c for c in cfg.classes if c not in DEFAULT_CLASSES]
+    if unknown:
+        raise InputError(f"the renderer draws {', '.join(DEFAULT_CLASSES)}; it cannot draw {', '.join(unknown)}")
+    if cfg.per_class < 1 or cfg.size < 32:
+        raise InputError(f"--per-class must be >= 1 and --size >= 32, got {cfg.per_class} and {cfg.size}")
+    root = locate(cfg.out, cfg.s3_endpoint)
+    settings = {"size": cfg.size, "seed": cfg.seed}
+    _check_settings(root, settings)
+    existing = {info.path for info in root.list_files()} if root.is_dir() else set()
+    todo = [{"label": c, "index": i} for c in cfg.classes for i in range(cfg.per_class) if root.child(image_name(c, i)).path not in existing]
+    total = cfg.per_class * len(cfg.classes)
+    if not todo:
+        print(f"all {total} images already in {root.uri}")
+    elif len(todo) < total:
+        print(f"{total - len(todo)} of {total} images already in {root.uri}; rendering the other {len(todo)}", flush=True)
+    else:
+        print(f"rendering {total} images at {cfg.size} px into {root.uri}", flush=True)
+    counts = {"written": 0, "already": total - len(todo), "redrawn_camera": 0, "not_visible": 0}
+    if todo:
+        import ray.data
+
+        from cgi2real.train import start_ray
+
+        start_ray(min_cpus=1)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = ctx.print_on_execution_start = False
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 4, 1000)))
+        ds = ds.map_batches(render_batch, fn_kwargs={"root": root, "size": cfg.size, "seed": cfg.seed}, batch_size=None)
+        start = last = time.monotonic()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for info in map(json.loads, batch["info"]):
+                counts["written"] += 1
+                counts["redrawn_camera"] += info["attempts"] > 1
+                counts["not_visible"] += not info["visible"]
+            if time.monotonic() - last >= PROGRESS_SECONDS:
+                last = time.monotonic()
+                print(f"  {counts['written']}/{len(todo)} rendered ({counts['written'] / (last - start):.1f} img/s)", flush=True)
+        counts["seconds"] = time.monotonic() - start
+    try:
+        root.child(SETTINGS_FILE).write_bytes(json.dumps({**settings, "per_class": cfg.per_class, "classes": list(cfg.classes)}).encode())
+    except OSError as e:
+        raise InputError(f"cannot write to {root.uri}: {first_line(e)}") from None
+    return counts
+
+
+def _check_settings(root: Location, settings: dict) -> None:
+    """Refuse to add images of another size or seed to a folder (it would mix two datasets)."""
+    marker = root.child(SETTINGS_FILE)
+    if not marker.exists():
+        return
+    previous = json.loads(marker.read_bytes())
+    changed = [k for k, v in settings.items() if previous.get(k) != v]
+    if changed:
+        raise InputError(
+            f"{root.uri} was rendered with {', '.join(f'--{k} {previous.get(k)}' for k in changed)}; "
+            "use the same settings to add to it, or another --out"
+        )
+
+
+def contact_sheet(path: str, per_class: int = 6, size: int = 299, seed: int = 0, classes=DEFAULT_CLASSES) -> None:
+    """A PNG grid of samples, one row per class, each tile labeled with what it shows."""
+    label_height = 18
+    sheet = Image.new("RGB", (per_class * size, len(classes) * (size + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, label in enumerate(classes):
+        for col in range(per_class):
+            image, info = render_scene(label, image_seed(seed, col), size)
+            top = row * (size + label_height)
+            sheet.paste(image, (col * size, top + label_height))
+            text = " + ".join(f"{f['kind']} ({f['pose']})" for f in info["figures"])
+            draw.text((col * size + 4, top + 3), f"{label}: {text}"[: size // 6], fill="black")
+    locate(path).write_bytes(_png(sheet))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
