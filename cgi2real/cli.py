@@ -216,6 +216,21 @@ def samples(
     typer.echo(f"contact sheet: {out}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False})
+@_fails_cleanly
+def submit(
+    ctx: typer.Context,
+    command: Annotated[str, typer.Argument(help="train, label or synth; the arguments after it are that command's.")],
+    address: Annotated[Optional[str], typer.Option(help="Ray Jobs API of the cluster (default: $RAY_ADDRESS, else http://127.0.0.1:8265).")] = None,
+    pass_aws_credentials: Annotated[bool, typer.Option("--pass-aws-credentials", help="Send this shell's AWS keys to the job (visible in the dashboard; prefer an instance role).")] = False,
+):
+    """Run `cgi2real COMMAND ARGS` on a Ray cluster as a Ray Job; stream its logs; exit with its status."""
+    from cgi2real.submit import submit as submit_job
+
+    if not submit_job(command, list(ctx.args), address, pass_aws_credentials, echo=typer.echo):
+        raise typer.Exit(1)
+
+
 @app.command()
 @_fails_cleanly
 def demo(
@@ -239,7 +254,7 @@ def demo(
     data = {split: os.path.join(root, "data", split) for split in ("train", "test", "unlabeled")}
     small = max(per_class // 10, 10)
     for split, count, seed in (("train", per_class, 0), ("test", small, 1), ("unlabeled", small, 2)):
-        typer.echo(f"[1/4] rendering {count} images per class into {data[split]}")
+        typer.echo(f"[1/4] {count} images per class in {data[split]}")
         dataset.run(SynthConfig(out=data[split], per_class=count, size=render_size, seed=seed))
     package = os.path.join(root, "model")
     typer.echo(f"[2/4] training ({epochs} epochs at {image_size} px, {workers} worker(s))")

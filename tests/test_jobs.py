@@ -1,0 +1,79 @@
+"""Ray Jobs against a real head started with `ray start` on 127.0.0.1: `cgi2real submit`, S3 in between."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cgi2real.cli import app
+from cgi2real.storage import s3_filesystem
+from tests.conftest import S3_ENV, _free_port, upload_folder
+from tests.labeling import make_package
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real single-node Ray cluster (head with dashboard and Jobs API) on free loopback ports."""
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # jobs run `python`
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    subprocess.run(
+        [ray, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(dashboard), "--num-cpus", "4", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=120,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 60
+    while True:  # the Jobs API comes up a little after `ray start` returns
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # 401 without a token: it is up
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+            time.sleep(0.5)
+    yield address
+    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def submit(*args):
+    return CliRunner().invoke(app, ["submit", *map(str, args)])
+
+
+def test_label_job_through_the_jobs_api_against_s3(ray_head, image_root, s3_client, bucket, s3_endpoint, tmp_path, monkeypatch):
+    images = image_root(4, 96)
+    package = make_package(str(tmp_path / "pkg"), images)
+    upload_folder(s3_client, images, bucket, "photos")
+    upload_folder(s3_client, package, bucket, "models/m1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # reaches the job through its env_vars
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+
+    result = submit("--address", ray_head, "--pass-aws-credentials", "label", f"s3://{bucket}/photos", "--model", f"s3://{bucket}/models/m1", "--out", f"s3://{bucket}/labels")
+    assert result.exit_code == 0, result.output
+    assert "submitted raysubmit_" in result.output and ": SUCCEEDED" in result.output
+    assert "12 images under s3://" in result.output  # the job's own log, streamed back
+    table = pq.read_table(f"{bucket}/labels", filesystem=s3_filesystem(s3_endpoint))
+    assert sorted(table["path"].to_pylist()) == sorted(f"s3://{bucket}/photos/{os.path.relpath(os.path.join(d, f), images)}" for d, _, fs in os.walk(images) for f in fs if f.endswith(".jpg"))
+
+
+def test_a_failing_job_exits_1_with_its_error_in_the_log(ray_head, tmp_path):
+    result = submit("--address", ray_head, "label", str(tmp_path / "nothing-here"), "--model", str(tmp_path), "--out", str(tmp_path / "t"))
+    assert result.exit_code == 1, result.output
+    assert "error: source" in result.output and "does not exist" in result.output and ": FAILED" in result.output
+
+
+def test_submit_refuses_what_it_cannot_run(ray_head):
+    assert "choose one of train, label, synth" in submit("--address", ray_head, "evaluate").stderr
+    unreachable = submit("--address", "http://127.0.0.1:9", "label", "x")
+    assert unreachable.exit_code == 2 and "cannot submit to the Ray Jobs API" in unreachable.stderr
