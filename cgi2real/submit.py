@@ -43,8 +43,6 @@ def entrypoint(command: str, args: list[str]) -> str:
 
 def submit(command: str, args: list[str], address: str | None = None, pass_credentials: bool = False, echo=print) -> bool:
     """Submit a job, stream its logs through `echo`, and return whether it succeeded."""
-    if os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(os.path.expanduser("~/.ray/auth_token")):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # heads started by `ray start` require it; read at import
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
@@ -53,7 +51,7 @@ def submit(command: str, args: list[str], address: str | None = None, pass_crede
     deadline = time.monotonic() + AGENT_WAIT_SECONDS
     while True:
         try:
-            client = JobSubmissionClient(address)
+            client = JobSubmissionClient(address, headers=_auth_headers())
             job_id = client.submit_job(entrypoint=line, runtime_env=env)
             break
         except Exception as e:  # connection refused, auth, a bad runtime_env: all one line for the user
@@ -69,6 +67,19 @@ def submit(command: str, args: list[str], address: str | None = None, pass_crede
         time.sleep(0.5)
     echo(f"job {job_id}: {status.value}")
     return status == JobStatus.SUCCEEDED
+
+
+def _auth_headers() -> dict[str, str]:
+    """The bearer token a Ray 2.60 head asks for: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+
+    Passed explicitly rather than through RAY_AUTH_MODE, which Ray reads once per process.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+    if not token and os.path.isfile(path):
+        with open(path) as f:
+            token = f.read().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 async def _follow(client, job_id: str, echo) -> None:

@@ -15,7 +15,7 @@ import pytest
 from cgi2real import label as labeling
 from cgi2real import train as training
 from cgi2real.config import LabelConfig, TrainConfig
-from tests.conftest import S3_ENV
+from tests.conftest import S3_ENV, upload_folder
 from tests.labeling import image_files, make_package
 
 pytestmark = pytest.mark.slow
@@ -23,13 +23,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head (dashboard on, 1 CPU) and two worker nodes of 2 CPUs, all processes of this machine."""
+    """A head (dashboard on, no CPUs for tasks) and two worker nodes of 2 CPUs, all processes of this machine."""
     import ray
     from ray.cluster_utils import Cluster
 
     os.environ.update(S3_ENV)
     os.environ.pop("RAY_ADDRESS", None)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})  # work goes to the workers
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
@@ -44,19 +44,21 @@ def _actor_nodes(class_fragment: str) -> set[str]:
     return {a["node_id"] for a in list_actors(limit=1000) if class_fragment in a["class_name"]}
 
 
-def test_labeling_spreads_over_nodes_and_survives_losing_one(cluster, image_root, tmp_path):
+def test_labeling_a_bucket_spreads_over_both_nodes_and_survives_losing_one(cluster, image_root, s3_client, bucket, s3_endpoint, tmp_path):
     ray_cluster, workers = cluster
     images = image_root(24, 96)
     package = make_package(str(tmp_path / "pkg"), images)
+    upload_folder(s3_client, images, bucket, "photos")
     out = tmp_path / "labels"
-    cfg = LabelConfig(source=images, model=package, out=str(out), batch_size=4, actors=3, rows_per_file=4)
+    cfg = LabelConfig(source=f"s3://{bucket}/photos", model=package, out=str(out), batch_size=4, actors=2, rows_per_file=4, s3_endpoint=s3_endpoint)
 
-    removed, removed_at = threading.Event(), []
+    removed, removed_at, nodes_before = threading.Event(), [], set()
 
     def remove_a_node_after_the_first_file():
         deadline = time.monotonic() + 300
         while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
             time.sleep(0.05)
+        nodes_before.update(_actor_nodes("Labeler"))  # a restarted actor reports its new node, so look now
         ray_cluster.remove_node(workers[1], allow_graceful=False)
         removed_at.append(time.time())
         removed.set()
@@ -70,9 +72,10 @@ def test_labeling_spreads_over_nodes_and_survives_losing_one(cluster, image_root
     parts = sorted(out.glob("part-*.parquet"))
     assert any(p.stat().st_mtime > removed_at[0] for p in parts), "the node went away before the run ended"
     paths = [path for p in parts for path in pq.read_table(p)["path"].to_pylist()]
-    assert sorted(paths) == image_files(images), "every input exactly once"
+    expected = [f"s3://{bucket}/photos/{os.path.relpath(p, images)}" for p in image_files(images)]
+    assert sorted(paths) == sorted(expected), "every input exactly once"
     assert summary.labeled == len(paths) == 72 and not summary.errors
-    assert len(_actor_nodes("Labeler")) >= 2, "the model actors ran on more than one node"
+    assert nodes_before == {w.node_id for w in workers}, "model actors ran on both worker nodes"
 
 
 def test_training_recovers_from_a_killed_worker(cluster, image_root, tmp_path):

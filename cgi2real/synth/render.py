@@ -180,7 +180,7 @@ def render(scene: Scene, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
     image[hit] = image[hit] * (1 - fog[hit, None]) + np.asarray(scene.sky[0]) * fog[hit, None]
 
     figure_id = np.full(n, -1)
-    figure_id[on_figure] = [scene.primitives[i].figure for i in which[on_figure]]
+    figure_id[on_figure] = np.array([p.figure for p in scene.primitives])[which[on_figure]]
     return image.reshape(camera.size, camera.size, 3).clip(0, 1), figure_id.reshape(camera.size, camera.size)
 
 
@@ -245,7 +245,7 @@ def _blocks(prim: Primitive, origins: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def _shade_primitives(scene: Scene, which: np.ndarray, points: np.ndarray, normals: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     colours = np.empty((len(which), 3))
-    mats = np.array([scene.primitives[i].material for i in which])
+    mats = np.array([p.material for p in scene.primitives])[which]
     for m in np.unique(mats):
         sel = mats == m
         material = scene.materials[m]
