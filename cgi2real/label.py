@@ -162,18 +162,15 @@ class LabelTable:
         except OSError as e:
             raise InputError(f"cannot write the label table to {self.folder.uri}: {first_line(e)}") from None
 
-    def metadata(self) -> dict | None:
-        """The cgi2real metadata of the newest committed file (None for a new table)."""
-        parts = self.part_files()
+    def metadata(self, parts: list[str]) -> dict | None:
+        """The cgi2real metadata of the newest of `parts` (None for a new table)."""
         if not parts:
             return None
         schema = pq.read_schema(parts[-1], filesystem=self.folder.fs)
         return json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
 
-    def read(self, columns: list[str] | None = None) -> pa.Table:
-        parts = self.part_files()
-        if not parts:
-            return pa.table({c: pa.array([], pa.string()) for c in columns or ["path"]})
+    def read(self, parts: list[str], columns: list[str]) -> pa.Table:
+        """`columns` of the committed files `parts` (from one `part_files()` listing)."""
         return pq.read_table(parts, columns=columns, filesystem=self.folder.fs)
 
     def commit(self, table: pa.Table) -> str:
@@ -190,6 +187,11 @@ class LabelTable:
             tmp.write_bytes(sink.getvalue().to_pybytes())
             self.folder.fs.move(tmp.path, final.path)  # a rename: atomic on one filesystem
         return final.uri
+
+
+def error_kind(error: str) -> str:
+    """An error reason without its details ("too large: 9000x9000 pixels" -> "too large"), for counting."""
+    return error.split(":", 1)[0]
 
 
 class TableWriter:
@@ -218,7 +220,7 @@ class TableWriter:
             return 0
         self.seen.update(uris)
         errors = [e or None for e in batch["error"][keep]]
-        self.errors.update(e.split(":", 1)[0] for e in errors if e)
+        self.errors.update(error_kind(e) for e in errors if e)
         self.pending.append(to_table(uris, batch["probs"][keep], errors, batch["labeled_at"][keep], self.classes, self.model_id))
         self.pending_rows += len(uris)
         self.rows += len(uris)
@@ -273,8 +275,9 @@ def run(cfg: LabelConfig) -> LabelSummary:
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # fail here, not in an actor
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
     table.prepare(cfg.overwrite)
-    check_same_model(table, package.classes, package.model_id)
-    done = set(table.read(["path"]).column("path").to_pylist())
+    parts = table.part_files()
+    check_same_model(table, parts, package.classes, package.model_id)
+    done = set(table.read(parts, ["path"]).column("path").to_pylist()) if parts else set()
     todo = [i for i, path in enumerate(files.paths) if files.root.uri_of(path) not in done]
     already = len(files) - len(todo)
     summary = LabelSummary(files.root.uri, table.folder.uri, len(files), files.skipped, already, 0)
@@ -287,10 +290,10 @@ def run(cfg: LabelConfig) -> LabelSummary:
     import ray
 
     start_ray(min_cpus=2)  # one CPU for the model, one for decoding
-    use_gpu, actors = _resources(cfg)
+    use_gpu, actors, cpu_threads = _resources(cfg)
     batch_size = cfg.batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
     print(f"model {package.model_id} on {actors} {'GPU' if use_gpu else 'CPU'} actor(s), batch {batch_size}, {package.image_size} px", flush=True)
-    ds = labeling_dataset(files, todo, package.image_size, config, ray.put(weights), use_gpu, actors, batch_size)
+    ds = labeling_dataset(files, todo, package.image_size, config, ray.put(weights), use_gpu, actors, cpu_threads, batch_size)
     writer = TableWriter(table, files.root, package.classes, package.model_id, done, cfg.rows_per_file, cfg.commit_seconds)
     start = last_report = time.monotonic()
     try:
@@ -318,9 +321,9 @@ def run(cfg: LabelConfig) -> LabelSummary:
     return summary
 
 
-def check_same_model(table: LabelTable, classes: list[str], model_id: str) -> None:
+def check_same_model(table: LabelTable, parts: list[str], classes: list[str], model_id: str) -> None:
     """Refuse to add rows from another model (or other classes) to an existing table."""
-    previous = table.metadata()
+    previous = table.metadata(parts)
     if previous and (previous.get("classes") != list(classes) or previous.get("model") != model_id):
         raise InputError(
             f"--out {table.folder.uri} holds labels from model {previous.get('model')} (classes {', '.join(previous.get('classes', []))}); "
@@ -328,19 +331,22 @@ def check_same_model(table: LabelTable, classes: list[str], model_id: str) -> No
         )
 
 
-def _resources(cfg: LabelConfig) -> tuple[bool, int]:
-    """(use GPUs?, number of model actors) from the flags and what the cluster has."""
+def _resources(cfg: LabelConfig) -> tuple[bool, int, int | None]:
+    """(use GPUs?, number of model actors, torch threads per CPU actor) from the flags and the cluster."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
     if use_gpu and gpus == 0 and not os.environ.get("RAY_ADDRESS"):
         raise InputError("--gpu given but this machine has no GPU")
-    nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
-    return use_gpu, cfg.actors or (max(gpus, 1) if use_gpu else max(nodes, 1))
+    nodes = max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")))
+    actors = cfg.actors or (max(gpus, 1) if use_gpu else nodes)
+    # A CPU actor shares its node's cores with the other actors there (Ray would give it one thread).
+    cpu_threads = None if use_gpu else max(1, (os.cpu_count() or 1) // math.ceil(actors / nodes))
+    return use_gpu, actors, cpu_threads
 
 
-def labeling_dataset(files: ImageFiles, todo: list[int], image_size: int, config: dict, weights_ref, use_gpu: bool, actors: int, batch_size: int):
+def labeling_dataset(files: ImageFiles, todo: list[int], image_size: int, config: dict, weights_ref, use_gpu: bool, actors: int, cpu_threads: int | None, batch_size: int):
     """The Ray Dataset: file rows -> decode tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}."""
     import ray.data
 
@@ -350,8 +356,6 @@ def labeling_dataset(files: ImageFiles, todo: list[int], image_size: int, config
     block_rows = min(128, max(8, math.ceil(len(todo) / (4 * int(ray.cluster_resources().get("CPU", 1))))))
     paths, sizes = [files.paths[i] for i in todo], [files.sizes[i] for i in todo]
     blocks = [pa.table({"path": paths[i:i + block_rows], "size": sizes[i:i + block_rows]}) for i in range(0, len(paths), block_rows)]
-    nodes = max(1, sum(1 for n in ray.nodes() if n["Alive"]))
-    cpu_threads = None if use_gpu else max(1, (os.cpu_count() or 1) // math.ceil(actors / nodes))
     return (
         ray.data.from_arrow(blocks)
         .map_batches(decode_for_labeling, fn_kwargs={"preset": EvalPreset(image_size), "fs": files.root.fs}, batch_size=None, batch_format="numpy")
@@ -409,7 +413,7 @@ def summarize_table(uri: str, s3_endpoint: str | None = None) -> dict:
     if not parts:
         raise InputError(f"no label table at {table.folder.uri} (no {PART_PREFIX}*.parquet files)")
     try:
-        t = table.read(["label", "confidence", "error", "model"])
+        t = table.read(parts, ["label", "confidence", "error", "model"])
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"cannot read the label table at {table.folder.uri}: {first_line(e)}") from None
     labeled = t.filter(pc.is_valid(t["label"]))
@@ -418,8 +422,8 @@ def summarize_table(uri: str, s3_endpoint: str | None = None) -> dict:
         grouped = pa.table({"label": labeled["label"].cast(pa.string()), "confidence": labeled["confidence"]})
         for row in grouped.group_by("label").aggregate([("confidence", "count"), ("confidence", "mean")]).to_pylist():
             per_class[row["label"]] = {"rows": row["confidence_count"], "mean_confidence": row["confidence_mean"]}
-    classes = (table.metadata() or {}).get("classes") or sorted(per_class)
-    errors = Counter(e.split(":", 1)[0] for e in t.filter(pc.is_valid(t["error"]))["error"].to_pylist())
+    classes = (table.metadata(parts) or {}).get("classes") or sorted(per_class)
+    errors = Counter(map(error_kind, t.filter(pc.is_valid(t["error"]))["error"].to_pylist()))
     models = {row["model"]: row["count_all"] for row in t.group_by("model").aggregate([([], "count_all")]).to_pylist()}
     return {
         "table": table.folder.uri,

@@ -44,15 +44,22 @@ class Primitive:
             return self.center, float(self.radii.max())
         return (self.a + self.b) / 2, float(np.linalg.norm(self.b - self.a) / 2 + self.radius)
 
-    def intersect(self, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ray parameters t (inf where missed) and unit normals for rays origin + t * dirs (N, 3)."""
-        return (_ellipsoid if self.kind == "ellipsoid" else _capsule)(self, origin, dirs)
+    def intersect(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ray parameters t (inf where missed) and unit normals for rays origins + t * dirs.
+
+        `dirs` is (N, 3); `origins` is one point (3,) for camera rays or (N, 3) for shadow rays.
+        """
+        return (_ellipsoid if self.kind == "ellipsoid" else _capsule)(self, origins, dirs)
 
 
-def _ellipsoid(p: Primitive, origin, dirs):
-    o = ((origin - p.center) @ p.rotation) / p.radii  # ray in the frame where the ellipsoid is a unit sphere
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1)
+
+
+def _ellipsoid(p: Primitive, origins, dirs):
+    o = ((origins - p.center) @ p.rotation) / p.radii  # rays in the frame where the ellipsoid is a unit sphere
     d = (dirs @ p.rotation) / p.radii
-    a, b, c = (d * d).sum(-1), 2 * (d @ o), o @ o - 1
+    a, b, c = _dot(d, d), 2 * _dot(d, o), _dot(o, o) - 1
     disc = b * b - 4 * a * c
     t = np.where(disc >= 0, (-b - np.sqrt(disc.clip(0))) / (2 * a), np.inf)
     t = np.where(t > 1e-4, t, np.inf)
@@ -61,11 +68,11 @@ def _ellipsoid(p: Primitive, origin, dirs):
     return t, normal
 
 
-def _capsule(p: Primitive, origin, dirs):
+def _capsule(p: Primitive, origins, dirs):
     # Inigo Quilez's ray-capsule intersection, vectorized over rays.
-    ba, oa = p.b - p.a, origin - p.a
-    baba, baoa, oaoa = ba @ ba, ba @ oa, oa @ oa
-    bard, rdoa = dirs @ ba, dirs @ oa
+    ba, oa = p.b - p.a, origins - p.a
+    baba, baoa, oaoa = ba @ ba, oa @ ba, _dot(oa, oa)
+    bard, rdoa = dirs @ ba, _dot(dirs, oa)
     A = baba - bard * bard
     B = baba * rdoa - baoa * bard
     C = baba * oaoa - baoa * baoa - p.radius**2 * baba
@@ -74,13 +81,13 @@ def _capsule(p: Primitive, origin, dirs):
         t_body = (-B - np.sqrt(h.clip(0))) / A
     y = baoa + t_body * bard
     body = (h >= 0) & (y > 0) & (y < baba) & (A > 1e-12)
-    oc = np.where((y <= 0)[:, None], oa, origin - p.b)  # the end cap the ray meets
-    Bc = (dirs * oc).sum(-1)
-    hc = Bc * Bc - ((oc * oc).sum(-1) - p.radius**2)
+    oc = np.where((y <= 0)[:, None], oa, origins - p.b)  # the end cap the ray meets
+    Bc = _dot(dirs, oc)
+    hc = Bc * Bc - (_dot(oc, oc) - p.radius**2)
     t_cap = np.where(hc > 0, -Bc - np.sqrt(hc.clip(0)), np.inf)
     t = np.where(body, t_body, np.where(h >= 0, t_cap, np.inf))
     t = np.where(t > 1e-4, t, np.inf)
-    hit = origin + t[:, None].clip(max=1e6) * dirs
+    hit = origins + t[:, None].clip(max=1e6) * dirs
     pa = hit - p.a
     along = ((pa @ ba) / baba).clip(0, 1)
     return t, normalize(pa - along[:, None] * ba)
@@ -213,34 +220,9 @@ def _sunlit(scene: Scene, points: np.ndarray) -> np.ndarray:
         near = np.flatnonzero((np.abs(x - foot[0]) < reach**0.5) & (np.abs(z - foot[2]) < reach**0.5))
         near = near[lit[near] > 0]
         if len(near):
-            lit[near[_blocks(prim, points[near], scene.sun)]] = 0.0
+            t, _ = prim.intersect(points[near], np.broadcast_to(scene.sun, (len(near), 3)))
+            lit[near[np.isfinite(t)]] = 0.0
     return lit
-
-
-def _blocks(prim: Primitive, origins: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Whether the rays origins + t * d (one direction, many origins; t > 0) meet the primitive."""
-    if prim.kind == "ellipsoid":
-        o = ((origins - prim.center) @ prim.rotation) / prim.radii
-        dl = (d @ prim.rotation) / prim.radii
-        a, b, c = dl @ dl, 2 * (o @ dl), (o * o).sum(-1) - 1
-        disc = b * b - 4 * a * c
-        return (disc >= 0) & ((-b + np.sqrt(disc.clip(0))) / (2 * a) > 1e-3)
-    ba, oa = prim.b - prim.a, origins - prim.a
-    baba, bard = ba @ ba, d @ ba
-    baoa, rdoa, oaoa = oa @ ba, oa @ d, (oa * oa).sum(-1)
-    A = baba - bard * bard
-    B = baba * rdoa - baoa * bard
-    h = B * B - A * (baba * oaoa - baoa * baoa - prim.radius**2 * baba)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_far = (-B + np.sqrt(h.clip(0))) / A
-    y = baoa + t_far * bard
-    hits = (h >= 0) & (A > 1e-12) & (t_far > 1e-3) & (y > 0) & (y < baba)
-    for end in (prim.a, prim.b):  # the end spheres
-        oc = origins - end
-        bc = oc @ d
-        hc = bc * bc - ((oc * oc).sum(-1) - prim.radius**2)
-        hits |= (hc > 0) & (-bc + np.sqrt(hc.clip(0)) > 1e-3)
-    return hits
 
 
 def _shade_primitives(scene: Scene, which: np.ndarray, points: np.ndarray, normals: np.ndarray, dirs: np.ndarray) -> np.ndarray:
