@@ -33,9 +33,9 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "
 def bare_loop(cfg: TrainConfig, epochs: int, device: torch.device) -> list[float]:
     """img/s per epoch of train_one_epoch over pre-decoded in-memory batches, no Ray."""
     images = scan_labeled_dataset(cfg.data[0], cfg.classes)
-    preset = TrainPreset(cfg.image_size)
+    preset = TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        decoded = load_image_batch({"path": images.paths, "label": images.labels}, preset, images.root.fs, pool.map)
+        decoded = load_image_batch({"path": images.paths, "label": images.labels}, preset, [images.root.fs], pool.map)
     assert decoded["ok"].all(), "the benchmark images must all decode"
     pixels, labels = torch.from_numpy(decoded["image"]), torch.from_numpy(decoded["label"])
     n = len(images) // cfg.batch_size * cfg.batch_size  # full batches only, as training drops the last

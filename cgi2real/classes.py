@@ -10,6 +10,9 @@ DEFAULT_CLASSES = ("both", "horse", "human")
 # Folder names that mean one of the default classes (compared case-insensitively).
 ALIASES = {"horses": "horse", "humans": "human", "person": "human", "people": "human"}
 
+# A class whose images show one of each of two others: pasting a human into a horse image makes `both`.
+COMPOSITES = {"both": ("horse", "human")}
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 # Class names become Parquet columns (p_<class>) and folder names: keep them plain.
@@ -48,3 +51,13 @@ def is_image_name(name: str) -> bool:
     """Whether a file name has one of the image extensions (any case)."""
     dot = name.rfind(".")
     return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def composite_pairs(classes: tuple[str, ...]) -> dict[tuple[int, int], int]:
+    """(recipient, donor) class indices -> the composite class index, for the COMPOSITES in `classes`."""
+    pairs = {}
+    for composite, (a, b) in COMPOSITES.items():
+        if {composite, a, b} <= set(classes):
+            i, j, k = classes.index(a), classes.index(b), classes.index(composite)
+            pairs[(i, j)] = pairs[(j, i)] = k
+    return pairs

@@ -17,6 +17,7 @@ from cgi2real.errors import InputError, RunFailed
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 
 S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS).")]
+AbstainBelow = Annotated[Optional[float], typer.Option(help="Leave images whose top probability is below this unlabeled: label null, error 'low confidence' (evaluate: accuracy and coverage of the rest).")]
 Gpu = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when present).")]
 
 
@@ -40,6 +41,16 @@ def _fails_cleanly(command):
     return wrapper
 
 
+def parse_weights(text: str | None) -> tuple[float, ...] | None:
+    """"1,0.5" -> (1.0, 0.5); None stays None (every root drawn once per epoch)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise InputError(f"--data-weights takes comma-separated numbers, one per dataset, got {text!r}") from None
+
+
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
@@ -47,8 +58,9 @@ def _one_line(error: Exception) -> str:
 @app.command()
 @_fails_cleanly
 def train(
-    data: Annotated[str, typer.Argument(help="Labeled dataset: a folder or s3:// prefix with one sub-folder per class.")],
+    data: Annotated[list[str], typer.Argument(help="Labeled datasets: folders or s3:// prefixes with one sub-folder per class.")],
     out: Annotated[str, typer.Option("--out", help="Where to write the model package (folder or s3:// prefix).")],
+    data_weights: Annotated[Optional[str], typer.Option(help="Per dataset, comma-separated: times each image is drawn per epoch (e.g. 1,0.5).")] = None,
     val: Annotated[Optional[str], typer.Option(help="Separate labeled validation dataset.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when --val is not given.")] = 0.2,
     weights: Annotated[str, typer.Option(help="imagenet, none (random init) or a model package to continue from.")] = "imagenet",
@@ -59,7 +71,10 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per step and worker.")] = 32,
     lr_head: Annotated[float, typer.Option(help="Learning rate of the head stage.")] = 1e-3,
     lr_finetune: Annotated[float, typer.Option(help="Peak learning rate of fine-tuning (cosine to 0).")] = 1e-4,
-    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.0,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.1,
+    augment: Annotated[str, typer.Option(help="basic (the reference notebook's) or real (+ blur, noise, JPEG, grayscale).")] = "real",
+    background_prob: Annotated[float, typer.Option(help="Share of images with figure masks put on a random background.")] = 0.5,
+    paste_prob: Annotated[float, typer.Option(help="Share of horse/human images that get a masked figure of the other pasted in (-> both).")] = 0.25,
     class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting", help="Weight the loss against class imbalance.")] = True,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
     gpu: Gpu = None,
@@ -74,10 +89,10 @@ def train(
     from cgi2real import train as training
 
     cfg = TrainConfig(
-        data=(data,), out=out, val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
+        data=tuple(data), out=out, data_weights=parse_weights(data_weights), val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
         image_size=image_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
         batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
-        class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
+        augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
         max_failures=max_failures, seed=seed, s3_endpoint=s3_endpoint,
     )
     summary = training.run(cfg)
@@ -94,13 +109,16 @@ def evaluate(
     data: Annotated[list[str], typer.Option("--data", help="Labeled dataset; repeat to compare several side by side.")],
     out: Annotated[Optional[str], typer.Option("--out", help="Report folder: report.json and a confusion PNG per dataset.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    abstain_below: AbstainBelow = None,
     gpu: Gpu = None,
     s3_endpoint: S3Endpoint = None,
 ):
-    """Accuracy, per-class precision/recall/F1 and confusion matrices of a model package."""
+    """Accuracy, per-class precision/recall/F1, confusion matrices and calibration (ECE, reliability diagrams) of a model package."""
     from cgi2real import evaluate as evaluation
 
-    result = evaluation.run(EvalConfig(model=model, data=tuple(data), out=out, batch_size=batch_size, use_gpu=gpu, s3_endpoint=s3_endpoint))
+    result = evaluation.run(
+        EvalConfig(model=model, data=tuple(data), out=out, batch_size=batch_size, abstain_below=abstain_below, use_gpu=gpu, s3_endpoint=s3_endpoint)
+    )
     typer.echo(f"model {result['model']} ({result['model_path']})")
     typer.echo(evaluation.format_reports(result["datasets"]))
     if out:
@@ -118,6 +136,7 @@ def label(
     gpu: Gpu = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the table at --out first instead of resuming it.")] = False,
     rows_per_file: Annotated[int, typer.Option(help="Commit a Parquet file once this many rows are ready, or after a minute.")] = 100_000,
+    abstain_below: AbstainBelow = None,
     s3_endpoint: S3Endpoint = None,
 ):
     """Label every image under SOURCE with a model package into a Parquet label table (resumable)."""
@@ -126,7 +145,7 @@ def label(
     summary = labeling.run(
         LabelConfig(
             source=source, model=model, out=out, batch_size=batch_size, actors=actors, use_gpu=gpu,
-            overwrite=overwrite, rows_per_file=rows_per_file, s3_endpoint=s3_endpoint,
+            overwrite=overwrite, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
         )
     )
     typer.echo(labeling.format_summary(summary))
@@ -169,8 +188,18 @@ def describe_package(config: dict, where: str) -> str:
     if training:
         cfg = training.get("config", {})
         lines.append(f"trained on   {', '.join(cfg.get('data', []))} (weights {cfg.get('weights')}, {training.get('workers')} worker(s), {training.get('device')})")
-        for split, counts in training.get("class_counts", {}).items():
-            lines.append(f"  {split:10} " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+        if "augment" in cfg:
+            lines.append(
+                f"  recipe     augment {cfg['augment']}, random backgrounds {cfg['background_prob']:g}, paste {cfg['paste_prob']:g}, "
+                f"label smoothing {cfg['label_smoothing']:g}"
+            )
+        counts = training.get("class_counts", {})
+        for split in ("train", "val"):
+            if split in counts:
+                lines.append(f"  {split:10} " + ", ".join(f"{name} {n}" for name, n in counts[split].items()))
+        for root in counts.get("roots", []):
+            masks = f", {root['masks']} masks" if root.get("masks") else ""
+            lines.append(f"  root       {root['uri']} x{root['weight']:g}: " + ", ".join(f"{name} {n}" for name, n in root["train"].items()) + masks)
         if training.get("class_weights"):
             lines.append("  weights    " + ", ".join(f"{name} {w:.2f}" for name, w in training["class_weights"].items()))
         lines.append("  epoch stage     train loss  train acc  val loss  val acc  img/s")
@@ -190,13 +219,14 @@ def synth(
     size: Annotated[int, typer.Option(help="Image side in px.")] = 299,
     seed: Annotated[int, typer.Option(help="Image i of a class is rendered from seed * 1000003 + i.")] = 0,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated subset of both,horse,human.")] = None,
+    masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Also write figure masks to OUT/_masks/ (for training; not needed for images to label).")] = True,
     s3_endpoint: S3Endpoint = None,
 ):
     """Render CGI images of horses, people and both into class folders, as a Ray Data job."""
     from cgi2real.config import SynthConfig
     from cgi2real.synth import dataset
 
-    counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), s3_endpoint=s3_endpoint))
+    counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), masks=masks, s3_endpoint=s3_endpoint))
     rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
     typer.echo(f"wrote {counts['written']} images{rate}, {counts['already']} were there; {counts['redrawn_camera']} needed another camera, {counts['not_visible']} kept a figure below the visibility bar")
 
@@ -255,7 +285,7 @@ def demo(
     small = max(per_class // 10, 10)
     for split, count, seed in (("train", per_class, 0), ("test", small, 1), ("unlabeled", small, 2)):
         typer.echo(f"[1/4] {count} images per class in {data[split]}")
-        dataset.run(SynthConfig(out=data[split], per_class=count, size=render_size, seed=seed))
+        dataset.run(SynthConfig(out=data[split], per_class=count, size=render_size, seed=seed, masks=split != "unlabeled"))
     package = os.path.join(root, "model")
     typer.echo(f"[2/4] training ({epochs} epochs at {image_size} px, {workers} worker(s))")
     summary = training.run(

@@ -10,6 +10,7 @@ from cgi2real.model import DEFAULT_UNFREEZE_FROM
 class TrainConfig:
     data: tuple[str, ...]  # labeled dataset roots (class folders), local or s3://
     out: str  # where the final model package is written, local or s3://
+    data_weights: tuple[float, ...] | None = None  # per root: times each image is drawn per epoch; None: 1 each
     val: str | None = None  # a separate validation root; None: split `val_fraction` off `data`
     val_fraction: float = 0.2  # share of each class held out when `val` is None (stratified)
     classes: tuple[str, ...] = DEFAULT_CLASSES  # class names, in the order the model outputs them
@@ -22,7 +23,10 @@ class TrainConfig:
     lr_head: float = 1e-3  # AdamW learning rate in stage 1
     lr_finetune: float = 1e-4  # stage 2 peak rate, cosine-annealed to 0 over its epochs
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (the quality ablation's choice)
+    augment: str = "real"  # basic: the reference notebook's; real: + photo artefacts (presets.TrainPreset)
+    background_prob: float = 0.5  # share of masked images put on a random background
+    paste_prob: float = 0.25  # share of horse/human images that get a figure of the other pasted in (-> both)
     class_weighting: bool = True  # inverse-frequency loss weights against class imbalance
     workers: int = 1  # data-parallel Ray Train workers
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
@@ -47,6 +51,7 @@ class EvalConfig:
     data: tuple[str, ...]  # labeled datasets to evaluate, each reported separately
     out: str | None = None  # report folder (report.json + confusion PNGs); None: print only
     batch_size: int = 64  # images per forward pass
+    abstain_below: float | None = None  # also report accuracy and coverage when images below this confidence are left out
     use_gpu: bool | None = None  # None: use a GPU when this machine has one
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
@@ -62,6 +67,7 @@ class LabelConfig:
     overwrite: bool = False  # delete an existing table at `out` first instead of resuming it
     rows_per_file: int = 100_000  # commit a Parquet file once this many rows are ready (~5 MB)
     commit_seconds: float = 60.0  # commit a file at least this often, so a crash loses little
+    abstain_below: float | None = None  # leave images whose top probability is below this unlabeled ("low confidence")
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
 
@@ -72,6 +78,7 @@ class SynthConfig:
     size: int = 299  # square image side in px
     seed: int = 0  # image i of a class is rendered from seed * 1_000_003 + i
     classes: tuple[str, ...] = DEFAULT_CLASSES  # any of both, horse, human
+    masks: bool = True  # also write figure masks to out/_masks/ (training uses them)
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
 

@@ -3,6 +3,10 @@
 A labeled dataset is a folder (local or s3://) with one sub-folder per class; sub-folder names
 may be aliases (see classes.py). Files whose extension is not an image's are skipped and counted.
 An unlabeled source is any folder, scanned recursively with the same extension rule.
+
+A labeled dataset may hold figure masks in `_masks/<class>/<image stem>.png` (8-bit, 255 where
+a horse or person is), as `cgi2real synth` writes them; training uses them for random
+backgrounds and cut-and-paste mixing. Images without a mask are used as they are.
 """
 
 import functools
@@ -14,13 +18,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow.fs as pafs
 
-from cgi2real.classes import IMAGE_EXTENSIONS, class_for_folder, is_image_name
+from cgi2real.classes import IMAGE_EXTENSIONS, class_for_folder, composite_pairs, is_image_name
 from cgi2real.errors import InputError
-from cgi2real.presets import ImageError
+from cgi2real.presets import ImageError, paste_figures
 from cgi2real.storage import Location, first_line, locate
 
 # Files larger than this are reported, not read: no image we can use is that big.
 MAX_FILE_BYTES = 256 * 2**20
+
+MASKS_FOLDER = "_masks"  # figure masks of a labeled dataset, beside its class folders
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class LabeledImages:
     paths: tuple[str, ...]  # paths as the filesystem takes them (see storage.Location)
     labels: tuple[int, ...]
     skipped: int = 0  # files that are not images
+    masks: tuple[str, ...] | None = None  # per image: its figure mask's path, or "" for none
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -40,8 +47,17 @@ class LabeledImages:
         counts = Counter(self.labels)
         return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
 
+    @property
+    def masked(self) -> int:
+        return sum(1 for m in self.masks or () if m)
+
     def rows(self) -> list[dict]:
-        return [{"path": p, "label": l} for p, l in zip(self.paths, self.labels)]
+        masks = self.masks or ("",) * len(self.paths)
+        return [{"path": p, "label": l, "mask": m} for p, l, m in zip(self.paths, self.labels, masks)]
+
+    def subset(self, indices: list[int]) -> "LabeledImages":
+        pick = lambda values: tuple(values[i] for i in indices)  # noqa: E731
+        return replace(self, paths=pick(self.paths), labels=pick(self.labels), masks=self.masks and pick(self.masks), skipped=0)
 
 
 def scan_labeled_dataset(
@@ -52,13 +68,16 @@ def scan_labeled_dataset(
     if not root.is_dir():
         raise InputError(f"dataset {root.uri} does not exist or is not a folder")
     prefix = root.path.rstrip("/") + "/"
-    paths, labels, unknown, skipped = [], [], set(), 0
+    paths, labels, unknown, skipped, mask_paths = [], [], set(), 0, set()
     for info in root.list_files():
         relative = info.path[len(prefix):]
         if "/" not in relative:  # a file directly in the root belongs to no class
             skipped += 1
             continue
         folder = relative.split("/", 1)[0]
+        if folder == MASKS_FOLDER:
+            mask_paths.add(info.path)
+            continue
         name = class_for_folder(folder, classes)
         if name is None:
             unknown.add(folder)
@@ -72,7 +91,9 @@ def scan_labeled_dataset(
             f"dataset {root.uri} has folders that are not classes: {', '.join(sorted(unknown))} "
             f"(classes: {', '.join(classes)}; pass --classes to change them)"
         )
-    images = LabeledImages(root, tuple(classes), tuple(paths), tuple(labels), skipped)
+    masks = tuple(_mask_path(prefix, p) for p in paths)
+    masks = tuple(m if m in mask_paths else "" for m in masks) if mask_paths else None
+    images = LabeledImages(root, tuple(classes), tuple(paths), tuple(labels), skipped, masks)
     empty = [name for name, n in images.class_counts().items() if n == 0]
     if not images.paths:
         raise InputError(f"dataset {root.uri} has no images in class folders ({', '.join(classes)})")
@@ -82,6 +103,11 @@ def scan_labeled_dataset(
             f"(found {_describe_counts(images)}); pass --classes to train on other classes"
         )
     return images
+
+
+def _mask_path(prefix: str, path: str) -> str:
+    stem = path[len(prefix):].rsplit(".", 1)[0]
+    return f"{prefix}{MASKS_FOLDER}/{stem}.png"
 
 
 def _describe_counts(images: LabeledImages) -> str:
@@ -104,13 +130,7 @@ def stratified_split(images: LabeledImages, fraction: float, seed: int) -> tuple
         val_idx += members[:n_val]
         train_idx += members[n_val:]
 
-    def subset(indices: list[int]) -> LabeledImages:
-        indices = sorted(indices)
-        return replace(
-            images, paths=tuple(images.paths[i] for i in indices), labels=tuple(images.labels[i] for i in indices), skipped=0
-        )
-
-    return subset(train_idx), subset(val_idx)
+    return images.subset(sorted(train_idx)), images.subset(sorted(val_idx))
 
 
 def class_weights(counts: dict[str, int]) -> dict[str, float]:
@@ -133,13 +153,16 @@ class ImageFiles:
 
 
 def scan_image_files(uri: str, s3_endpoint: str | None = None) -> ImageFiles:
-    """List every image file under a folder or s3:// prefix (or a single image file); refuse none."""
+    """List every image file under a folder or s3:// prefix (or a single image file); refuse none.
+
+    Figure masks in `_masks/` folders (see MASKS_FOLDER) are not images to label: they are skipped.
+    """
     root = locate(uri, s3_endpoint)
     info = root.info()
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"source {root.uri} does not exist")
     listing = [info] if info.type == pafs.FileType.File else root.list_files()
-    images = [i for i in listing if is_image_name(i.base_name)]
+    images = [i for i in listing if is_image_name(i.base_name) and f"/{MASKS_FOLDER}/" not in i.path]  # masks are not photos
     if not images:
         other = f" ({len(listing)} other files)" if listing else ""
         raise InputError(f"source {root.uri} has no image files{other}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
@@ -148,17 +171,24 @@ def scan_image_files(uri: str, s3_endpoint: str | None = None) -> ImageFiles:
 
 def read_image(fs, path: str, preset, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """Read and preprocess one file: (uint8 pixels, None), or (None, a short reason it failed)."""
-    if size is not None and size > MAX_FILE_BYTES:
-        return None, f"too large: {size} bytes > {MAX_FILE_BYTES}"
-    try:
-        with fs.open_input_stream(path) as f:
-            data = f.read()
-    except OSError as e:
-        return None, _read_error(e)
+    data, error = read_file(fs, path, size)
+    if error:
+        return None, error
     try:
         return preset(data).numpy(), None
     except ImageError as e:
         return None, str(e)
+
+
+def read_file(fs, path: str, size: int | None = None) -> tuple[bytes | None, str | None]:
+    """The bytes of one file, or (None, a short reason it cannot be read)."""
+    if size is not None and size > MAX_FILE_BYTES:
+        return None, f"too large: {size} bytes > {MAX_FILE_BYTES}"
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read(), None
+    except OSError as e:
+        return None, _read_error(e)
 
 
 def _read_error(error: OSError) -> str:
@@ -176,15 +206,66 @@ def _reader_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="cgi2real-read")
 
 
-def load_image_batch(batch: dict[str, np.ndarray], preset, fs, map_fn=map) -> dict[str, np.ndarray]:
-    """Batch {path, label} -> {image uint8 (B, 3, S, S), label, ok}; a Ray Data map function.
+def load_image_batch(batch: dict[str, np.ndarray], preset, filesystems, map_fn=map) -> dict[str, np.ndarray]:
+    """Batch {path, label[, root]} -> {image uint8 (B, 3, S, S), label, ok}; a Ray Data map function.
 
-    An image that cannot be read or decoded gets `ok = False` and zero pixels rather than
-    failing the block; the training loop drops such rows and counts them. `map_fn` may be a
-    thread pool's map (PIL releases the GIL while decoding).
+    `root` indexes `filesystems` (default: the first). An image that cannot be read or decoded
+    gets `ok = False` and zero pixels rather than failing the block; the training loop drops such
+    rows and counts them. `map_fn` may be a thread pool's map (PIL releases the GIL while decoding).
     """
-    images, errors = _read_images(batch["path"], None, preset, fs, map_fn)
+    files = _files(batch, filesystems)
+    images, errors = _read_images(batch["path"], None, preset, files, map_fn)
     return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64), "ok": errors == ""}
+
+
+def draw_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep each row with its probability `keep`, drawn anew on every call (every epoch).
+
+    This is how per-root sampling weights below 1, and the fractional part of others, work. It
+    runs before decoding, on file rows, so a batch that loses every row is still a valid block.
+    """
+    kept = np.random.default_rng().random(len(batch["keep"])) < np.asarray(batch["keep"], dtype=np.float64)
+    return {key: np.asarray(values)[kept] for key, values in batch.items()}
+
+
+def load_training_batch(batch: dict[str, np.ndarray], preset, filesystems, paste_pairs: dict, paste_prob: float) -> dict[str, np.ndarray]:
+    """Batch {path, label, mask, root} -> augmented {image, label, ok}; the training map function.
+
+    Every image is augmented with its mask (`TrainPreset.transform`), figures are pasted between
+    images (`presets.paste_figures`), and the camera artefacts come last (`TrainPreset.degrade`),
+    over pasted figures too.
+    """
+    rng = np.random.default_rng()
+    paths, masks, labels = batch["path"], batch["mask"], np.asarray(batch["label"], dtype=np.int64)
+    files = _files(batch, filesystems)
+    seeds = rng.integers(2**63, size=len(paths))
+
+    def augment(i: int):
+        data, error = read_file(files[i], paths[i])
+        if error:
+            return None, None, error
+        figure = read_file(files[i], masks[i])[0] if masks[i] else None  # a missing mask only means none
+        try:
+            pixels, figure = preset.transform(data, figure, np.random.default_rng(seeds[i]))
+            return pixels, figure, ""
+        except ImageError as e:
+            return None, None, str(e)
+
+    s = preset.image_size
+    images, figures, ok = np.zeros((len(paths), 3, s, s), dtype=np.uint8), [None] * len(paths), np.zeros(len(paths), dtype=bool)
+    for i, (pixels, figure, error) in enumerate(_reader_pool().map(augment, range(len(paths)))):
+        if not error:
+            images[i], figures[i], ok[i] = pixels.numpy(), figure, True
+    if paste_prob > 0 and paste_pairs:
+        images, labels = paste_figures(images, labels, figures, paste_pairs, paste_prob, rng)
+    for i in np.flatnonzero(ok):
+        images[i] = preset.degrade(images[i], rng)
+    return {"image": images, "label": labels, "ok": ok}
+
+
+def _files(batch: dict, filesystems) -> list:
+    roots = batch.get("root")
+    return [filesystems[0]] * len(batch["path"]) if roots is None else [filesystems[int(r)] for r in roots]
 
 
 def decode_for_labeling(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.ndarray]:
@@ -193,16 +274,16 @@ def decode_for_labeling(batch: dict[str, np.ndarray], preset, fs) -> dict[str, n
     `error` is "" for a usable image and a short reason otherwise (its pixels are zeros), so
     every file keeps its row.
     """
-    images, errors = _read_images(batch["path"], batch["size"], preset, fs, _reader_pool().map)
+    images, errors = _read_images(batch["path"], batch["size"], preset, [fs] * len(batch["path"]), _reader_pool().map)
     return {"path": batch["path"], "image": images, "error": errors}
 
 
-def _read_images(paths, sizes, preset, fs, map_fn) -> tuple[np.ndarray, np.ndarray]:
+def _read_images(paths, sizes, preset, files, map_fn) -> tuple[np.ndarray, np.ndarray]:
     s = preset.image_size
     images = np.zeros((len(paths), 3, s, s), dtype=np.uint8)
     errors = np.full(len(paths), "", dtype=object)
     sizes = sizes if sizes is not None else [None] * len(paths)
-    for i, (pixels, error) in enumerate(map_fn(lambda ps: read_image(fs, ps[0], preset, ps[1]), zip(paths, sizes))):
+    for i, (pixels, error) in enumerate(map_fn(lambda a: read_image(*a), zip(files, paths, [preset] * len(paths), sizes))):
         if error is None:
             images[i] = pixels
         else:
@@ -210,20 +291,34 @@ def _read_images(paths, sizes, preset, fs, map_fn) -> tuple[np.ndarray, np.ndarr
     return images, errors
 
 
-def image_dataset(images: LabeledImages, preset, shuffle: bool, seed: int = 0):
-    """A Ray Dataset of decoded, preset-transformed images; re-executed (re-augmented) each epoch.
+def image_dataset(parts: list[LabeledImages], preset, shuffle: bool = False, seed: int = 0, weights=None, paste_prob: float = 0.0):
+    """A Ray Dataset of decoded, preset-transformed images from one or more roots; re-executed
+    (re-augmented, re-sampled) each epoch.
 
-    With `shuffle`, the rows are shuffled once here, so that every block mixes the classes, and
-    the block order is drawn anew each epoch; the trainer adds a local shuffle buffer. A full
-    `random_shuffle` would be an all-to-all barrier before each epoch's first batch.
+    `weights[r]` is how many times, on average, each image of root r is drawn per epoch: 2 repeats
+    it, 0.5 draws a new half each epoch. With `shuffle`, the rows are shuffled once here, so that
+    every block mixes classes and roots, and the block order is drawn anew each epoch; the trainer
+    adds a local shuffle buffer. A full `random_shuffle` would be an all-to-all barrier before
+    each epoch's first batch. A `TrainPreset` gets the training map function (masks, pasting).
     """
     import ray.data
 
-    rows = images.rows()
+    from cgi2real.presets import TrainPreset
+
+    rows = []
+    for r, (images, weight) in enumerate(zip(parts, weights or [1.0] * len(parts))):
+        copies, fraction = int(weight), weight - int(weight)
+        for row in images.rows():
+            rows += [{**row, "root": r, "keep": 1.0}] * copies + ([{**row, "root": r, "keep": fraction}] if fraction else [])
     if shuffle:
         random.Random(seed).shuffle(rows)
     blocks = max(2, min(len(rows) // 32, 200))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     if shuffle:
         ds = ds.randomize_block_order()
-    return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "fs": images.root.fs}, batch_size=32)
+    filesystems = [images.root.fs for images in parts]
+    if isinstance(preset, TrainPreset):
+        pairs = composite_pairs(parts[0].classes)
+        ds = ds.map_batches(draw_rows, batch_size=None)
+        return ds.map_batches(load_training_batch, fn_kwargs={"preset": preset, "filesystems": filesystems, "paste_pairs": pairs, "paste_prob": paste_prob}, batch_size=32)
+    return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "filesystems": filesystems}, batch_size=32)

@@ -1,8 +1,9 @@
-"""Evaluation of a model package on labeled datasets: accuracy, per-class P/R/F1, confusion.
+"""Evaluation of a model package on labeled datasets: accuracy, per-class P/R/F1, confusion,
+calibration (expected calibration error, reliability diagram) and abstention.
 
 Several datasets are reported side by side, so the gap between CGI and real photographs shows at
-a glance. Decoding runs on a thread pool (PIL releases the GIL); the forward pass is
-`train.evaluate`, the same code that scores validation during training.
+a glance. Decoding runs on a thread pool (PIL releases the GIL); the forward pass is plain torch
+with the training code's input path (`train.model_input`, `train.autocast`).
 """
 
 import io
@@ -20,7 +21,9 @@ from cgi2real.errors import InputError
 from cgi2real.model import load_model_package
 from cgi2real.presets import EvalPreset
 from cgi2real.storage import first_line, locate
-from cgi2real.train import MaskedCrossEntropy, evaluate
+from cgi2real.train import autocast, model_input
+
+CALIBRATION_BINS = 10  # equal-width confidence bins for ECE and the reliability diagram
 
 
 def labeled_batches(images: LabeledImages, preset, batch_size: int):
@@ -28,8 +31,62 @@ def labeled_batches(images: LabeledImages, preset, batch_size: int):
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(images), batch_size):
             rows = {"path": images.paths[start:start + batch_size], "label": images.labels[start:start + batch_size]}
-            batch = load_image_batch(rows, preset, images.root.fs, pool.map)
+            batch = load_image_batch(rows, preset, [images.root.fs], pool.map)
             yield {key: torch.from_numpy(value) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches, device: torch.device, mean, std) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities float32 (N, K), labels (N,), ok (N,)) of `model` in eval mode over `batches`."""
+    model.eval()
+    probs, labels, ok = [], [], []
+    for batch in batches:
+        images, y, mask = model_input(batch, device, mean, std)
+        with autocast(device):
+            logits = model(images)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        labels.append(y.cpu().numpy())
+        ok.append(mask.cpu().numpy())
+    k = model.fc.out_features
+    join = lambda parts, empty: np.concatenate(parts) if parts else empty  # noqa: E731
+    return join(probs, np.zeros((0, k), np.float32)), join(labels, np.zeros(0, np.int64)), join(ok, np.zeros(0, bool))
+
+
+def confusion_matrix(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) counts, rows true class, columns the predicted (top) class."""
+    return np.bincount(labels * k + probs.argmax(axis=1), minlength=k * k).reshape(k, k) if len(labels) else np.zeros((k, k), np.int64)
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error and its bins: how far the top-class confidence is from the accuracy.
+
+    ECE = sum over equal-width confidence bins of (share of images) x |accuracy - mean confidence|.
+    """
+    confidence, correct = probs.max(axis=1, initial=0.0), probs.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        n = int(members.sum())
+        row = {"low": b / bins, "high": (b + 1) / bins, "n": n, "confidence": None, "accuracy": None}
+        if n:
+            row["confidence"], row["accuracy"] = float(confidence[members].mean()), float(correct[members].mean())
+            ece += n / len(labels) * abs(row["accuracy"] - row["confidence"])
+        table.append(row)
+    return {"ece": float(ece), "bins": table}
+
+
+def abstention(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Accuracy on the images whose top probability is >= `threshold`, and their share (coverage)."""
+    covered = probs.max(axis=1, initial=0.0) >= threshold
+    n = int(covered.sum())
+    accuracy = float((probs[covered].argmax(axis=1) == labels[covered]).mean()) if n else None
+    return {"threshold": threshold, "covered": n, "coverage": n / len(labels) if len(labels) else 0.0, "accuracy": accuracy}
+
+
+def check_abstain_below(threshold: float | None) -> None:
+    if threshold is not None and not 0 < threshold <= 1:
+        raise InputError(f"--abstain-below is a probability in (0, 1], got {threshold}")
 
 
 def classification_report(confusion: np.ndarray, classes: list[str]) -> dict:
@@ -74,6 +131,13 @@ def format_reports(reports: dict[str, dict]) -> str:
     lines.append("images".ljust(18) + "".join(f"{r['n']}".rjust(width) for r in reports.values()))
     if any(r.get("errors") for r in reports.values()):
         lines.append("undecodable".ljust(18) + "".join(f"{r.get('errors', 0)}".rjust(width) for r in reports.values()))
+    if all("ece" in r for r in reports.values()):
+        lines.append("ECE".ljust(18) + "".join(f"{r['ece']:.3f}".rjust(width) for r in reports.values()))
+    if all(r.get("abstain") for r in reports.values()):
+        threshold = next(iter(reports.values()))["abstain"]["threshold"]
+        cells = [r["abstain"] for r in reports.values()]
+        lines.append(f"acc @ conf>={threshold:g}"[:18].ljust(18) + "".join(("-" if a["accuracy"] is None else f"{a['accuracy']:.3f}").rjust(width) for a in cells))
+        lines.append("coverage".ljust(18) + "".join(f"{a['coverage']:.3f} ({a['covered']})".rjust(width) for a in cells))
     lines.append(f"{'class':18}" + "".join("P / R / F1 (n)".rjust(width) for _ in names))
     for c in classes:
         cells = []
@@ -112,10 +176,37 @@ def confusion_png(report: dict, title: str) -> bytes:
     return buffer.getvalue()
 
 
+def reliability_png(report: dict, title: str) -> bytes:
+    """A reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration."""
+    size, left, top = 300, 50, 60
+    font = ImageFont.load_default(size=14)
+    img = Image.new("RGB", (left + size + 30, top + size + 50), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), title, fill="black", font=font)
+    draw.text((10, 28), f"ECE {report['ece']:.3f}, {report['n']} images; bars: accuracy per confidence bin", fill="black", font=font)
+    x = lambda v: left + v * size  # noqa: E731
+    y = lambda v: top + (1 - v) * size  # noqa: E731
+    most = max((b["n"] for b in report["calibration"]), default=1) or 1
+    for b in report["calibration"]:
+        if b["n"]:
+            draw.rectangle([x(b["low"]) + 1, y(b["accuracy"]), x(b["high"]) - 1, y(0)], fill=(90, 110, 230))
+            draw.rectangle([x(b["low"]) + 1, y(0) + 4, x(b["high"]) - 1, y(0) + 4 + 10 * b["n"] / most], fill=(170, 170, 170))
+    draw.line([x(0), y(0), x(1), y(1)], fill=(220, 60, 60), width=2)
+    draw.rectangle([x(0), y(1), x(1), y(0)], outline="black")
+    for v in (0, 0.5, 1):
+        draw.text((x(v) - 8, y(0) + 18), f"{v:g}", fill="black", font=font)
+        draw.text((left - 30, y(v) - 8), f"{v:g}", fill="black", font=font)
+    draw.text((x(0.3), y(0) + 32), "confidence (gray: images per bin)", fill="gray", font=font)
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def run(cfg: EvalConfig) -> dict:
     """Evaluate cfg.model on each dataset; write report.json and PNGs to cfg.out if given."""
     if not cfg.data:
         raise InputError("give at least one --data dataset to evaluate")
+    check_abstain_below(cfg.abstain_below)
     package = load_model_package(cfg.model, cfg.s3_endpoint)
     datasets = [scan_labeled_dataset(uri, tuple(package.classes), cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
     out = locate(cfg.out, cfg.s3_endpoint) if cfg.out else None
@@ -123,17 +214,24 @@ def run(cfg: EvalConfig) -> dict:
     if use_gpu and not torch.cuda.is_available():
         raise InputError("--gpu given but no CUDA GPU is visible")
     device = torch.device("cuda" if use_gpu else "cpu")
-    model, preset, loss_fn = package.model.to(device), EvalPreset(package.image_size), MaskedCrossEntropy().to(device)
+    model, preset = package.model.to(device), EvalPreset(package.image_size)
     reports = {}
     for name, images in zip(dataset_names(cfg.data), datasets):
-        stats = evaluate(model, loss_fn, labeled_batches(images, preset, cfg.batch_size), device, package.mean, package.std)
-        reports[name] = {**classification_report(stats.confusion, package.classes), "errors": stats.bad, "source": images.root.uri}
+        probs, labels, ok = predict(model, labeled_batches(images, preset, cfg.batch_size), device, package.mean, package.std)
+        probs, labels = probs[ok], labels[ok]
+        confusion = confusion_matrix(probs, labels, len(package.classes))
+        fit = calibration(probs, labels)
+        report = {**classification_report(confusion, package.classes), "errors": int((~ok).sum()), "ece": fit["ece"], "calibration": fit["bins"]}
+        if cfg.abstain_below is not None:
+            report["abstain"] = abstention(probs, labels, cfg.abstain_below)
+        reports[name] = {**report, "source": images.root.uri}
     result = {"model": package.model_id, "model_path": locate(cfg.model, cfg.s3_endpoint).uri, "datasets": reports}
     if out:
         try:
             out.child("report.json").write_bytes(json.dumps(result, indent=2).encode())
             for name, report in reports.items():
                 out.child(f"confusion_{_file_safe(name)}.png").write_bytes(confusion_png(report, name))
+                out.child(f"reliability_{_file_safe(name)}.png").write_bytes(reliability_png(report, name))
         except OSError as e:
             raise InputError(f"cannot write the report to {out.uri}: {first_line(e)}") from None
     return result

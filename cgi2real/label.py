@@ -33,6 +33,7 @@ import cgi2real
 from cgi2real.config import LabelConfig
 from cgi2real.data import ImageFiles, decode_for_labeling, scan_image_files
 from cgi2real.errors import InputError, RunFailed
+from cgi2real.evaluate import check_abstain_below
 from cgi2real.model import package_from_bytes, read_model_package
 from cgi2real.presets import EvalPreset, normalize
 from cgi2real.storage import Location, first_line, locate
@@ -87,14 +88,17 @@ class Labeler:
 # --- The label table ---------------------------------------------------------------------------
 
 
-def table_schema(classes: list[str], model_id: str) -> pa.Schema:
-    """The label table's columns; the file metadata repeats the classes and the model id."""
-    meta = {"classes": list(classes), "model": model_id, "cgi2real_version": cgi2real.__version__}
+LOW_CONFIDENCE = "low confidence"  # the error of a row left unlabeled by --abstain-below
+
+
+def table_schema(classes: list[str], model_id: str, abstain_below: float | None = None) -> pa.Schema:
+    """The label table's columns; the file metadata repeats the classes, the model id and the abstain threshold."""
+    meta = {"classes": list(classes), "model": model_id, "abstain_below": abstain_below, "cgi2real_version": cgi2real.__version__}
     return pa.schema(
         [
             pa.field("path", pa.string(), nullable=False),
-            pa.field("label", pa.dictionary(pa.int32(), pa.string())),  # null on error
-            pa.field("confidence", pa.float32()),  # the label's probability; null on error
+            pa.field("label", pa.dictionary(pa.int32(), pa.string())),  # null on error (and on low confidence)
+            pa.field("confidence", pa.float32()),  # the top class's probability; null when unreadable
             *(pa.field(f"p_{name}", pa.float32()) for name in classes),
             pa.field("error", pa.string()),  # null when the image was labeled
             pa.field("model", pa.string(), nullable=False),
@@ -104,22 +108,31 @@ def table_schema(classes: list[str], model_id: str) -> pa.Schema:
     )
 
 
-def to_table(paths, probs: np.ndarray, errors, labeled_at: np.ndarray, classes: list[str], model_id: str) -> pa.Table:
-    """Label-table rows from a Labeler's output; `paths` are URIs, `errors` None or a reason."""
-    failed = np.array([e is not None for e in errors], dtype=bool)
-    index = np.where(failed, 0, np.nan_to_num(probs).argmax(axis=1)).astype(np.int32)
-    label = pa.DictionaryArray.from_arrays(pa.array(index, mask=failed), pa.array(classes, pa.string()))
+def to_table(
+    paths, probs: np.ndarray, errors, labeled_at: np.ndarray, classes: list[str], model_id: str, abstain_below: float | None = None
+) -> pa.Table:
+    """Label-table rows from a Labeler's output; `paths` are URIs, `errors` None or a reason.
+
+    With `abstain_below`, a readable image whose top probability is below it gets no label and
+    the error "low confidence"; its confidence and probabilities stay, for triage.
+    """
+    unreadable = np.array([e is not None for e in errors], dtype=bool)
     confidence = np.nan_to_num(probs).max(axis=1, initial=0.0).astype(np.float32)
+    low = ~unreadable & (confidence < abstain_below) if abstain_below is not None else np.zeros_like(unreadable)
+    errors = [LOW_CONFIDENCE if is_low else e for e, is_low in zip(errors, low)]
+    unlabeled = unreadable | low
+    index = np.where(unlabeled, 0, np.nan_to_num(probs).argmax(axis=1)).astype(np.int32)
+    label = pa.DictionaryArray.from_arrays(pa.array(index, mask=unlabeled), pa.array(classes, pa.string()))
     columns = [
         pa.array(paths, pa.string()),
         label,
-        pa.array(confidence, mask=failed),
-        *(pa.array(probs[:, i], mask=failed) for i in range(len(classes))),
+        pa.array(confidence, mask=unreadable),
+        *(pa.array(probs[:, i], mask=unreadable) for i in range(len(classes))),
         pa.array(errors, pa.string()),
         pa.array([model_id] * len(paths), pa.string()),
         pa.array(labeled_at, pa.timestamp("us", tz="UTC")),
     ]
-    return pa.Table.from_arrays(columns, schema=table_schema(classes, model_id))
+    return pa.Table.from_arrays(columns, schema=table_schema(classes, model_id, abstain_below))
 
 
 class LabelTable:
@@ -201,8 +214,11 @@ class TableWriter:
     retried Ray task can deliver a batch twice), is dropped.
     """
 
-    def __init__(self, table: LabelTable, root: Location, classes: list[str], model_id: str, done: set[str], rows_per_file: int, seconds: float):
-        self.table, self.root, self.classes, self.model_id = table, root, classes, model_id
+    def __init__(
+        self, table: LabelTable, root: Location, classes: list[str], model_id: str, done: set[str], rows_per_file: int, seconds: float,
+        abstain_below: float | None = None,
+    ):
+        self.table, self.root, self.classes, self.model_id, self.abstain_below = table, root, classes, model_id, abstain_below
         self.seen = done
         self.rows_per_file, self.seconds = rows_per_file, seconds
         self.pending: list[pa.Table] = []
@@ -220,8 +236,9 @@ class TableWriter:
             return 0
         self.seen.update(uris)
         errors = [e or None for e in batch["error"][keep]]
-        self.errors.update(error_kind(e) for e in errors if e)
-        self.pending.append(to_table(uris, batch["probs"][keep], errors, batch["labeled_at"][keep], self.classes, self.model_id))
+        rows = to_table(uris, batch["probs"][keep], errors, batch["labeled_at"][keep], self.classes, self.model_id, self.abstain_below)
+        self.errors.update(error_kind(e) for e in rows.column("error").to_pylist() if e)
+        self.pending.append(rows)
         self.pending_rows += len(uris)
         self.rows += len(uris)
         if self.pending_rows >= self.rows_per_file or time.monotonic() - self.last_commit >= self.seconds:
@@ -270,13 +287,14 @@ def run(cfg: LabelConfig) -> LabelSummary:
     for name in ("batch_size", "actors", "rows_per_file"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    check_abstain_below(cfg.abstain_below)
     files = scan_image_files(cfg.source, cfg.s3_endpoint)
     config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # fail here, not in an actor
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
     table.prepare(cfg.overwrite)
     parts = table.part_files()
-    check_same_model(table, parts, package.classes, package.model_id)
+    check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)
     done = set(table.read(parts, ["path"]).column("path").to_pylist()) if parts else set()
     todo = [i for i, path in enumerate(files.paths) if files.root.uri_of(path) not in done]
     already = len(files) - len(todo)
@@ -294,7 +312,7 @@ def run(cfg: LabelConfig) -> LabelSummary:
     batch_size = cfg.batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
     print(f"model {package.model_id} on {actors} {'GPU' if use_gpu else 'CPU'} actor(s), batch {batch_size}, {package.image_size} px", flush=True)
     ds = labeling_dataset(files, todo, package.image_size, config, ray.put(weights), use_gpu, actors, cpu_threads, batch_size)
-    writer = TableWriter(table, files.root, package.classes, package.model_id, done, cfg.rows_per_file, cfg.commit_seconds)
+    writer = TableWriter(table, files.root, package.classes, package.model_id, done, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
     start = last_report = time.monotonic()
     try:
         with _sigterm_as_interrupt():
@@ -321,13 +339,18 @@ def run(cfg: LabelConfig) -> LabelSummary:
     return summary
 
 
-def check_same_model(table: LabelTable, parts: list[str], classes: list[str], model_id: str) -> None:
-    """Refuse to add rows from another model (or other classes) to an existing table."""
+def check_same_model(table: LabelTable, parts: list[str], classes: list[str], model_id: str, abstain_below: float | None = None) -> None:
+    """Refuse to add rows from another model (or other classes, or another abstain threshold) to an existing table."""
     previous = table.metadata(parts)
     if previous and (previous.get("classes") != list(classes) or previous.get("model") != model_id):
         raise InputError(
             f"--out {table.folder.uri} holds labels from model {previous.get('model')} (classes {', '.join(previous.get('classes', []))}); "
             f"this is model {model_id}: pass --overwrite to relabel, or give another --out"
+        )
+    if previous and previous.get("abstain_below") != abstain_below:
+        raise InputError(
+            f"--out {table.folder.uri} was labeled with --abstain-below {previous.get('abstain_below')}, not {abstain_below}: "
+            "rerun with the same threshold, pass --overwrite to relabel, or give another --out"
         )
 
 

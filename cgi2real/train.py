@@ -20,6 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cgi2real.classes import composite_pairs
 from cgi2real.config import TrainConfig, from_dict
 from cgi2real.data import LabeledImages, class_weights, image_dataset, scan_labeled_dataset, stratified_split
 from cgi2real.errors import InputError, RunFailed
@@ -35,7 +36,7 @@ from cgi2real.model import (
     set_train_mode,
     set_trainable,
 )
-from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, normalize
+from cgi2real.presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, normalize
 from cgi2real.storage import first_line, locate
 
 AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper
@@ -356,7 +357,54 @@ class TrainSummary:
     history: list[dict]
 
 
-def prepare_inputs(cfg: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
+@dataclass
+class TrainingData:
+    """What one run trains and validates on: per root, its images, weight and held-out part."""
+
+    train: list[LabeledImages]  # one per --data root
+    val: list[LabeledImages]  # one per root (its split), or the one --val dataset
+    weights: list[float]  # per training root: times each image is drawn per epoch
+
+    def per_epoch(self, paste_prob: float = 0.0) -> dict[str, float]:
+        """Expected images per class in one epoch: drawn, then relabeled by pasting (horse + human -> both).
+
+        The loss's class weights come from these, so that pasting cannot flood the loss with `both`.
+        """
+        classes = self.train[0].classes
+        totals = {c: 0.0 for c in classes}
+        for images, weight in zip(self.train, self.weights):
+            for name, n in images.class_counts().items():
+                totals[name] += weight * n
+        before = dict(totals)
+        for (recipient, _), result in composite_pairs(classes).items():
+            moved = paste_prob * before[classes[recipient]]
+            totals[classes[recipient]] -= moved
+            totals[classes[result]] += moved
+        return totals
+
+    def counts(self) -> dict:
+        """Class counts for the package summary: totals and per root (with weight and masks)."""
+        val_by_root = self.val if len(self.val) == len(self.train) else [None] * len(self.train)
+        return {
+            "train": _sum_counts(self.train),
+            "val": _sum_counts(self.val),
+            "roots": [
+                {"uri": images.root.uri, "weight": weight, "train": images.class_counts(), "masks": images.masked,
+                 **({"val": val.class_counts()} if val is not None else {})}
+                for images, weight, val in zip(self.train, self.weights, val_by_root)
+            ],
+        }
+
+
+def _sum_counts(parts: list[LabeledImages]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for images in parts:
+        for name, n in images.class_counts().items():
+            totals[name] = totals.get(name, 0) + n
+    return totals
+
+
+def prepare_inputs(cfg: TrainConfig) -> TrainingData:
     """Validate everything cheap before starting Ray: sizes, datasets, split, weights, --out."""
     check_image_size(cfg.image_size)
     check_unfreeze_from(cfg.unfreeze_from)
@@ -364,20 +412,39 @@ def prepare_inputs(cfg: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
         raise InputError(f"epochs must be >= 0 with at least one in total, got {cfg.epochs_head}+{cfg.epochs_finetune}")
     if cfg.batch_size < 1 or cfg.workers < 1 or cfg.max_failures < -1:
         raise InputError("--batch-size and --workers must be >= 1, --max-failures >= -1")
-    if len(cfg.data) != 1:
-        raise InputError(f"expected one training dataset, got {len(cfg.data)}")
-    images = scan_labeled_dataset(cfg.data[0], cfg.classes, cfg.s3_endpoint)
-    if cfg.val:
-        train, val = images, scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)
-    else:
-        train, val = stratified_split(images, cfg.val_fraction, cfg.seed)
-    if len(train) < cfg.batch_size * cfg.workers:
+    if cfg.augment not in AUGMENTATIONS:
+        raise InputError(f"--augment {cfg.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+    for name in ("background_prob", "paste_prob"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise InputError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not cfg.data:
+        raise InputError("give at least one --data dataset to train on")
+    weights = list(cfg.data_weights) if cfg.data_weights else [1.0] * len(cfg.data)
+    if len(weights) != len(cfg.data) or min(weights) < 0 or max(weights) <= 0:
         raise InputError(
-            f"{len(train)} training images are fewer than --batch-size {cfg.batch_size} x --workers {cfg.workers}: "
+            f"--data-weights needs one weight >= 0 per --data root ({len(cfg.data)}), not all 0; got {','.join(map(str, weights))}"
+        )
+    roots = [scan_labeled_dataset(uri, cfg.classes, cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
+    if cfg.val:
+        train, val = roots, [scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)]
+    else:
+        splits = [stratified_split(images, cfg.val_fraction, cfg.seed) for images in roots]
+        train, val = [t for t, _ in splits], [v for _, v in splits]
+    data = TrainingData(train, val, weights)
+    drawn = data.per_epoch()
+    missing = [name for name, n in drawn.items() if n == 0]
+    if missing:
+        found = "; ".join(f"{images.root.uri}: {_counts_text(images.class_counts())}" for images in roots)
+        raise InputError(f"no images of class {', '.join(missing)} in the training data ({found}); pass --classes to train on other classes")
+    if sum(drawn.values()) < cfg.batch_size * cfg.workers:
+        raise InputError(
+            f"{round(sum(drawn.values()))} training images per epoch are fewer than --batch-size {cfg.batch_size} x --workers {cfg.workers}: "
             "lower them or add images"
         )
-    if len(val) == 0:
-        raise InputError(f"no validation images: give --val DIR or more images per class than {max(images.class_counts().values())}")
+    if sum(len(v) for v in val) == 0:
+        raise InputError(f"no validation images: give --val DIR or more images per class than {max(_sum_counts(roots).values())}")
     if cfg.weights == "imagenet":
         imagenet_state_dict()  # fails fast, with the message, when the weights cannot be had
     elif cfg.weights != "none":
@@ -385,7 +452,7 @@ def prepare_inputs(cfg: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
     out = locate(cfg.out, cfg.s3_endpoint)
     if out.scheme == "s3" and not locate(f"s3://{out.path.split('/')[0]}", cfg.s3_endpoint).exists():
         raise InputError(f"bucket of --out {out.uri} does not exist")
-    return train, val
+    return data
 
 
 def start_ray(min_cpus: int) -> None:
@@ -411,12 +478,18 @@ def run(cfg: TrainConfig) -> TrainSummary:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    train_images, val_images = prepare_inputs(cfg)
+    data = prepare_inputs(cfg)
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
-    counts = {"train": train_images.class_counts(), "val": val_images.class_counts()}
-    weights = class_weights(counts["train"])
-    print(f"training on {len(train_images)} images ({_counts_text(counts['train'])}), validating on {len(val_images)}")
+    counts = data.counts()
+    weights = class_weights({c: round(n) for c, n in data.per_epoch(cfg.paste_prob).items()})
+    for root in counts["roots"]:
+        masks = f", {root['masks']} with masks" if root["masks"] else ""
+        print(f"  {root['uri']}: {_counts_text(root['train'])}{masks}; drawn x{root['weight']:g} per epoch")
+    drawn, pasted = data.per_epoch(), data.per_epoch(cfg.paste_prob)
+    after = f"; after pasting about {_counts_text({c: round(n) for c, n in pasted.items()})}" if pasted != drawn else ""
+    print(f"training on {round(sum(drawn.values()))} images per epoch ({_counts_text({c: round(n) for c, n in drawn.items()})}{after}), "
+          f"validating on {sum(counts['val'].values())}")
     print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
 
     check_resumable(storage.child(name), cfg)
@@ -429,8 +502,11 @@ def run(cfg: TrainConfig) -> TrainSummary:
     data_context = ray.data.DataContext.get_current()  # one line per epoch instead of Ray Data's bars
     data_context.enable_progress_bars = data_context.print_on_execution_start = False
     datasets = {
-        "train": image_dataset(train_images, TrainPreset(cfg.image_size), shuffle=True, seed=cfg.seed),
-        "val": image_dataset(val_images, EvalPreset(cfg.image_size), shuffle=False).materialize(),
+        "train": image_dataset(
+            data.train, TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob), shuffle=True, seed=cfg.seed,
+            weights=data.weights, paste_prob=cfg.paste_prob,
+        ),
+        "val": image_dataset(data.val, EvalPreset(cfg.image_size)).materialize(),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -23,6 +23,7 @@ def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 
     """
     torch.manual_seed(seed)
     model = build_model(len(DEFAULT_CLASSES), image_size, "none")
+    torch.nn.init.normal_(model.fc.weight, std=0.1)  # build_model zeroes it: every image would tie
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()

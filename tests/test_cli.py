@@ -67,6 +67,20 @@ def test_train_too_few_images_for_the_batch(image_root, tmp_path):
     assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--batch-size", 64), "fewer than --batch-size 64")
 
 
+def test_train_bad_recipe_options(image_root, tmp_path):
+    base = ["train", image_root(), image_root(6, 96, seed=2), "--out", tmp_path / "p", "--weights", "none"]
+    assert_one_line_error(run(*base, "--data-weights", "1"), "one weight >= 0 per --data root (2)")
+    assert_one_line_error(run(*base, "--data-weights", "1,x"), "comma-separated numbers")
+    assert_one_line_error(run(*base, "--augment", "heavy"), "--augment 'heavy'", "basic, real")
+    assert_one_line_error(run(*base, "--background-prob", "1.5"), "--background-prob must be between 0 and 1")
+    assert_one_line_error(run(*base, "--label-smoothing", "1"), "--label-smoothing")
+
+
+def test_evaluate_and_label_refuse_a_bad_abstain_threshold(image_root, tmp_path):
+    for command in (["evaluate", "--data", image_root()], ["label", image_root(), "--out", tmp_path / "t"]):
+        assert_one_line_error(run(*command, "--model", tmp_path, "--abstain-below", 0), "--abstain-below is a probability in (0, 1]")
+
+
 def test_evaluate_and_info_refuse_a_non_package(image_root, tmp_path):
     assert_one_line_error(run("evaluate", "--model", tmp_path, "--data", image_root()), "not a model package")
     assert_one_line_error(run("info", tmp_path / "missing"), "not a model package", "no such folder")

@@ -129,6 +129,16 @@ def test_to_table_follows_the_contract():
     assert t.schema.field("labeled_at").type == pa.timestamp("us", tz="UTC")
 
 
+def test_low_confidence_rows_keep_probabilities_but_no_label():
+    probs = np.array([[0.2, 0.7, 0.1], [0.4, 0.35, 0.25], [np.nan] * 3], dtype=np.float32)
+    t = to_table(["a.jpg", "b.jpg", "c.jpg"], probs, [None, None, "truncated"], np.zeros(3, np.int64), CLASSES, "abc", abstain_below=0.5)
+    assert t["label"].to_pylist() == ["horse", None, None]
+    assert t["error"].to_pylist() == [None, "low confidence", "truncated"]
+    assert t["confidence"].to_pylist()[1] == pytest.approx(0.4) and t["p_human"].to_pylist()[1] == pytest.approx(0.25)
+    assert t["confidence"].to_pylist()[2] is None
+    assert b'"abstain_below": 0.5' in t.schema.metadata[b"cgi2real"]
+
+
 # --- On Ray ----------------------------------------------------------------------------------------
 
 
@@ -192,6 +202,27 @@ def test_label_an_s3_prefix_with_an_s3_package(ray_cluster, package, source, exp
     files = [k for k in keys if not k.endswith("/")]  # pyarrow keeps a folder marker
     assert files and all(k.startswith("labels/part-") for k in files)
     assert "truncated 1" in invoke("summary", f"s3://{bucket}/labels", "--s3-endpoint", s3_endpoint).output
+
+
+@pytest.mark.slow
+def test_abstain_below_leaves_low_confidence_images_unlabeled(ray_cluster, package, source, expected, tmp_path):
+    folder, zoo = source
+    confidences = sorted(float(p.max()) for name, p in expected.items() if p is not None and not zoo.get(os.path.basename(name)))
+    # a threshold in the widest gap between two confidences in the middle third: `cut` images abstain
+    cut = max(range(len(confidences) // 3, 2 * len(confidences) // 3), key=lambda i: confidences[i] - confidences[i - 1])
+    threshold = round((confidences[cut - 1] + confidences[cut]) / 2, 6)
+    out = tmp_path / "labels"
+    invoke("label", folder, "--model", package, "--out", out, "--abstain-below", threshold)
+    rows = {r["path"]: r for r in pq.read_table(out).to_pylist()}
+    low = [r for r in rows.values() if r["error"] == "low confidence"]
+    assert len(low) == cut and all(r["label"] is None and r["confidence"] < threshold for r in low)
+    labeled = [r for r in rows.values() if r["label"] is not None]
+    assert len(labeled) == len(confidences) - len(low) and all(r["confidence"] >= threshold for r in labeled)
+    assert len(rows) == len(expected)
+    assert "low confidence " + str(len(low)) in invoke("summary", out).output
+    refused = invoke("label", folder, "--model", package, "--out", out, "--abstain-below", 0.9, code=2)
+    assert f"--abstain-below {threshold}" in refused.stderr
+    assert "--abstain-below is a probability" in invoke("label", folder, "--model", package, "--out", tmp_path / "x", "--abstain-below", 1.5, code=2).stderr
 
 
 @pytest.mark.slow

@@ -160,3 +160,12 @@ def test_imagenet_weights_offline_fail_with_one_clear_line(tmp_path, monkeypatch
         build_model(3, 299, "imagenet")
     message = str(error.value)
     assert "TORCH_HOME" in message and "--weights none|PACKAGE" in message and "\n" not in message
+
+
+def test_random_init_starts_from_uniform_predictions():
+    """From scratch the classifiers start at zero: loss ln K, not torchvision's std-0.1 logits of +-10."""
+    model = build_model(3, 299, "none").eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 299, 299))
+    assert torch.equal(logits, torch.zeros(2, 3))
+    assert not model.AuxLogits.fc.weight.any() and model.Conv2d_1a_3x3.conv.weight.std() > 0.05

@@ -25,9 +25,9 @@ def invoke(*args, code=0):
 
 
 def test_same_seed_same_image_other_seed_other_image():
-    a, info_a = render_scene("both", 7, 96)
-    b, info_b = render_scene("both", 7, 96)
-    c, _ = render_scene("both", 8, 96)
+    a, _, info_a = render_scene("both", 7, 96)
+    b, _, info_b = render_scene("both", 7, 96)
+    c, _, _ = render_scene("both", 8, 96)
     assert a.size == (96, 96) and np.array_equal(np.asarray(a), np.asarray(b)) and info_a == info_b
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
@@ -36,7 +36,7 @@ def test_same_seed_same_image_other_seed_other_image():
 def test_each_class_shows_what_its_label_says(label):
     """Over 12 seeds: `both` always has a visible horse and a visible person, the others only their kind."""
     for seed in range(12):
-        _, info = render_scene(label, seed, 96)
+        _, _, info = render_scene(label, seed, 96)
         kinds = {f["kind"] for f in info["figures"]}
         assert kinds == ({"horse", "human"} if label == "both" else {label}), (seed, info)
         assert info["visible"], (seed, info)
@@ -45,7 +45,7 @@ def test_each_class_shows_what_its_label_says(label):
 
 
 def test_the_relations_of_both_vary():
-    relations = {render_scene("both", seed, 64)[1]["figures"][0]["relation"] for seed in range(16)}
+    relations = {render_scene("both", seed, 64).info["figures"][0]["relation"] for seed in range(16)}
     assert {"riding", "leading", "beside"} <= relations
 
 
@@ -71,7 +71,7 @@ def test_synth_job_writes_class_folders_and_reruns_only_what_is_missing(ray_clus
     assert "wrote 9 images" in output
     for label in DEFAULT_CLASSES:
         assert sorted(os.listdir(out / label)) == [f"{label}_{i:06d}.jpg" for i in range(3)]
-    same = render_scene("horse", 5 * 1_000_003 + 1, 72)[0]
+    same = render_scene("horse", 5 * 1_000_003 + 1, 72).image
     on_disk = Image.open(io.BytesIO((out / "horse" / "horse_000001.jpg").read_bytes()))
     assert np.abs(np.asarray(on_disk, float) - np.asarray(same, float)).mean() < 3  # only JPEG loss
     os.remove(out / "human" / "human_000002.jpg")
@@ -80,6 +80,9 @@ def test_synth_job_writes_class_folders_and_reruns_only_what_is_missing(ray_clus
     refused = invoke("synth", "--out", out, "--per-class", 3, "--size", 96, "--seed", 5, code=2)
     assert "--size 72" in refused.stderr
     assert json.loads((out / "_synth.json").read_text())["size"] == 72
+    assert sorted(os.listdir(out / "_masks" / "horse")) == [f"horse_{i:06d}.png" for i in range(3)]
+    invoke("synth", "--out", tmp_path / "plain", "--per-class", 1, "--size", 64, "--no-masks")
+    assert not (tmp_path / "plain" / "_masks").exists() and len(os.listdir(tmp_path / "plain" / "both")) == 1
 
 
 @pytest.mark.slow
@@ -87,6 +90,7 @@ def test_synth_job_writes_to_s3(ray_cluster, s3_client, bucket, s3_endpoint):
     invoke("synth", "--out", f"s3://{bucket}/cgi", "--per-class", 2, "--size", 64, "--classes", "horse,both", "--s3-endpoint", s3_endpoint)
     keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="cgi/")["Contents"])
     assert [k for k in keys if k.endswith(".jpg")] == ["cgi/both/both_000000.jpg", "cgi/both/both_000001.jpg", "cgi/horse/horse_000000.jpg", "cgi/horse/horse_000001.jpg"]
+    assert [k for k in keys if k.endswith(".png")] == ["cgi/_masks/both/both_000000.png", "cgi/_masks/both/both_000001.png", "cgi/_masks/horse/horse_000000.png", "cgi/_masks/horse/horse_000001.png"]
 
 
 def test_unknown_class_is_refused():
@@ -97,7 +101,7 @@ def _render_set(per_class: int, first_seed: int, size: int) -> tuple[torch.Tenso
     images, labels = [], []
     for y, label in enumerate(DEFAULT_CLASSES):
         for i in range(per_class):
-            images.append(np.asarray(render_scene(label, first_seed + i, size)[0]))
+            images.append(np.asarray(render_scene(label, first_seed + i, size).image))
             labels.append(y)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, torch.tensor(labels)
 

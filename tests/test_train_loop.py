@@ -46,9 +46,15 @@ def test_train_one_epoch_learns_a_separable_toy_task():
     assert last.accuracy == 1.0
 
 
+def random_head(model):
+    """build_model zeroes a fresh classifier (uniform predictions); these tests need varied ones."""
+    torch.nn.init.normal_(model.fc.weight, std=0.1)
+    return model
+
+
 def test_evaluate_confusion_matches_direct_predictions():
     torch.manual_seed(0)
-    model = build_model(2, 80).eval()
+    model = random_head(build_model(2, 80)).eval()
     data = batches(seed=1)
     stats = evaluate(model, MaskedCrossEntropy(), data, CPU)
     expected = np.zeros((2, 2), dtype=np.int64)
@@ -64,7 +70,7 @@ def test_evaluate_confusion_matches_direct_predictions():
 
 def test_masked_rows_are_left_out_of_loss_and_counts():
     torch.manual_seed(0)
-    model = build_model(2, 80).eval()
+    model = random_head(build_model(2, 80)).eval()
     loss_fn = MaskedCrossEntropy()
     clean = evaluate(model, loss_fn, batches(bad_rows=()), CPU)
     masked = evaluate(model, loss_fn, batches(bad_rows=(0, 1)), CPU)

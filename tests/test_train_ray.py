@@ -27,10 +27,10 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, image_root, tmp_path_factory):
-    """Two workers, 1 head + 1 fine-tune epoch, on 24 generated images per class."""
+    """Two workers, 1 head + 1 fine-tune epoch, on two roots: 24 and 6 (drawn x0.5) generated images per class."""
     tmp = tmp_path_factory.mktemp("trained")
-    out = invoke("train", image_root(24, 96), "--out", tmp / "pkg", *SMALL, "--epochs-head", 1, "--epochs-finetune", 1,
-                 "--workers", 2, "--storage", tmp / "runs", "--name", "two-workers")
+    out = invoke("train", image_root(24, 96), image_root(6, 96, seed=3), "--data-weights", "1,0.5", "--out", tmp / "pkg", *SMALL,
+                 "--epochs-head", 1, "--epochs-finetune", 1, "--workers", 2, "--storage", tmp / "runs", "--name", "two-workers")
     return tmp, out
 
 
@@ -44,8 +44,11 @@ def test_two_workers_write_a_valid_package(trained):
     assert head["trainable_params"] < finetune["trainable_params"]
     for epoch in training["epochs"]:
         assert epoch["train_loss"] > 0 and 0 <= epoch["val_acc"] <= 1 and epoch["img_per_s"] > 0
-    # 24 per class, 20% held out per class: every image seen once per epoch across both workers
-    assert training["class_counts"] == {"train": {"both": 19, "horse": 19, "human": 19}, "val": {"both": 5, "horse": 5, "human": 5}}
+    # per root, 20% of each class held out: 24 -> 19 + 5 and 6 -> 5 + 1
+    counts = training["class_counts"]
+    assert counts["train"] == {"both": 24, "horse": 24, "human": 24} and counts["val"] == {"both": 6, "horse": 6, "human": 6}
+    assert [(r["weight"], r["train"]["horse"], r["val"]["horse"], r["masks"]) for r in counts["roots"]] == [(1.0, 19, 5, 57), (0.5, 5, 1, 15)]
+    assert "drawn x0.5 per epoch" in output
     assert training["workers"] == 2 and training["best_epoch"] in (1, 2)
     assert "model package: " in output and str(tmp / "pkg") in output
     checkpoints = sorted(os.listdir(tmp / "runs" / "two-workers"))
@@ -54,7 +57,8 @@ def test_two_workers_write_a_valid_package(trained):
 
 def test_evaluate_and_info_read_the_package(trained, image_root):
     tmp, _ = trained
-    output = invoke("evaluate", "--model", tmp / "pkg", "--data", image_root(24, 96), "--data", image_root(6, 96, seed=5), "--out", tmp / "report")
+    output = invoke("evaluate", "--model", tmp / "pkg", "--data", image_root(24, 96), "--data", image_root(6, 96, seed=5), "--out", tmp / "report",
+                    "--abstain-below", 0.5)
     report = json.loads((tmp / "report" / "report.json").read_text())
     assert len(report["datasets"]) == 2
     for name, result in report["datasets"].items():
@@ -62,9 +66,15 @@ def test_evaluate_and_info_read_the_package(trained, image_root):
         assert sum(map(sum, result["confusion"])) == result["n"]
         assert set(result["per_class"]) == {"both", "horse", "human"}
         assert (tmp / "report" / f"confusion_{name.replace('/', '_')}.png").stat().st_size > 1000
+        assert (tmp / "report" / f"reliability_{name.replace('/', '_')}.png").stat().st_size > 1000
+        assert 0 <= result["ece"] <= 1 and sum(b["n"] for b in result["calibration"]) == result["n"]
+        covered = result["abstain"]["covered"]
+        assert result["abstain"]["coverage"] == pytest.approx(covered / result["n"]) and (covered == 0) == (result["abstain"]["accuracy"] is None)
+    assert "ECE" in output and "coverage" in output
     assert report["datasets"][next(iter(report["datasets"]))]["n"] == 72
     info = invoke("info", tmp / "pkg")
     assert "classes      both, horse, human" in info and "finetune" in info
+    assert "x0.5: both 5, horse 5, human 5, 15 masks" in info and "recipe     augment real" in info
 
 
 def test_train_reads_and_writes_s3(ray_cluster, image_root, s3_endpoint, s3_client, bucket):

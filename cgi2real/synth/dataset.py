@@ -2,7 +2,9 @@
 
 Image `i` of class `c` is rendered from seed `seed * 1_000_003 + i` and saved as
 `DEST/<c>/<c>_<i:06d>.jpg` (JPEG quality 92), so the same arguments give the same files, and a
-rerun into the same folder renders only the files that are missing.
+rerun into the same folder renders only the files that are missing. Its figure mask goes to
+`DEST/_masks/<c>/<c>_<i:06d>.png` (see data.MASKS_FOLDER): training uses masks to put figures on
+random backgrounds and to paste them into other images.
 """
 
 import io
@@ -13,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from cgi2real.classes import DEFAULT_CLASSES
 from cgi2real.config import SynthConfig
+from cgi2real.data import MASKS_FOLDER
 from cgi2real.errors import InputError
 from cgi2real.storage import Location, first_line, locate
 from cgi2real.synth.scenes import render_scene
@@ -29,11 +32,26 @@ def image_name(label: str, index: int) -> str:
     return f"{label}/{label}_{index:06d}.jpg"
 
 
-def render_jpeg(label: str, seed: int, size: int) -> tuple[bytes, dict]:
-    image, info = render_scene(label, seed, size)
+def mask_name(label: str, index: int) -> str:
+    return f"{MASKS_FOLDER}/{label}/{label}_{index:06d}.png"
+
+
+def write_rendering(root: Location, label: str, index: int, size: int, seed: int, masks: bool = True) -> dict:
+    """Render image `index` of `label`, write it (and its mask) under `root`; return what it shows.
+
+    The mask goes first, so an image file on disk always has its mask (a rerun skips images).
+    """
+    rendering = render_scene(label, image_seed(seed, index), size)
+    if masks:
+        root.child(mask_name(label, index)).write_bytes(_encode(rendering.mask, "PNG", optimize=True))
+    root.child(image_name(label, index)).write_bytes(_encode(rendering.image, "JPEG", quality=92))
+    return rendering.info
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue(), info
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
 
 
 def write_dataset(out: str, per_class: int, size: int = 299, seed: int = 0, classes=DEFAULT_CLASSES, s3_endpoint: str | None = None) -> int:
@@ -41,17 +59,13 @@ def write_dataset(out: str, per_class: int, size: int = 299, seed: int = 0, clas
     root = locate(out, s3_endpoint)
     for label in classes:
         for i in range(per_class):
-            root.child(image_name(label, i)).write_bytes(render_jpeg(label, image_seed(seed, i), size)[0])
+            write_rendering(root, label, i, size, seed)
     return per_class * len(classes)
 
 
-def render_batch(batch: dict, root: Location, size: int, seed: int) -> dict:
+def render_batch(batch: dict, root: Location, size: int, seed: int, masks: bool) -> dict:
     """Ray Data map function: rows {label, index} -> the files written, with what each shows."""
-    infos = []
-    for label, index in zip(batch["label"], batch["index"]):
-        data, info = render_jpeg(str(label), image_seed(seed, int(index)), size)
-        root.child(image_name(str(label), int(index))).write_bytes(data)
-        infos.append(json.dumps(info, default=str))
+    infos = [json.dumps(write_rendering(root, str(label), int(index), size, seed, masks)) for label, index in zip(batch["label"], batch["index"])]
     return {"label": batch["label"], "info": infos}
 
 
@@ -84,7 +98,7 @@ def run(cfg: SynthConfig) -> dict:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = False
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 4, 1000)))
-        ds = ds.map_batches(render_batch, fn_kwargs={"root": root, "size": cfg.size, "seed": cfg.seed}, batch_size=None)
+        ds = ds.map_batches(render_batch, fn_kwargs={"root": root, "size": cfg.size, "seed": cfg.seed, "masks": cfg.masks}, batch_size=None)
         start = last = time.monotonic()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for info in map(json.loads, batch["info"]):
@@ -123,15 +137,10 @@ def contact_sheet(path: str, per_class: int = 6, size: int = 299, seed: int = 0,
     draw = ImageDraw.Draw(sheet)
     for row, label in enumerate(classes):
         for col in range(per_class):
-            image, info = render_scene(label, image_seed(seed, col), size)
+            image, _, info = render_scene(label, image_seed(seed, col), size)
             top = row * (size + label_height)
             sheet.paste(image, (col * size, top + label_height))
             text = " + ".join(f"{f['kind']} ({f['pose']})" for f in info["figures"])
             draw.text((col * size + 4, top + 3), f"{label}: {text}"[: size // 6], fill="black")
-    locate(path).write_bytes(_png(sheet))
+    locate(path).write_bytes(_encode(sheet, "PNG", optimize=True))
 
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", optimize=True)
-    return buffer.getvalue()

@@ -9,6 +9,7 @@ figure the label promises is plainly visible.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -293,8 +294,14 @@ def compose(label: str, rng: np.random.Generator) -> tuple[Scene, np.ndarray, fl
 MIN_SHARE = {"horse": 0.03, "human": 0.008}
 
 
-def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12) -> tuple[Image.Image, dict]:
-    """One image of `label` and what it shows; the same (label, seed, size) always gives the same image.
+class Rendering(NamedTuple):
+    image: Image.Image  # RGB, size x size
+    mask: Image.Image  # L, 255 where a figure (horse or person) covers the pixel, soft at the edges
+    info: dict  # what the image shows: label, seed, figures (kind, pose, share), camera, visible
+
+
+def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12) -> Rendering:
+    """One image of `label`, its figure mask and what it shows; the same (label, seed, size) always gives the same.
 
     The figures are drawn once; the camera (and the clutter) is redrawn until every figure covers
     at least MIN_SHARE of the image, which also bounds how much cropping and occlusion can hide.
@@ -321,11 +328,12 @@ def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12)
         shares = [float((figure_ids == i).mean()) for i in range(len(scene.figures))]
         score = min(s / MIN_SHARE[f["kind"]] for s, f in zip(shares, scene.figures))
         if best is None or score > best[0]:
-            best = (score, pixels, shares, attempt, fov, distance)
+            best = (score, pixels, figure_ids, shares, attempt, fov, distance)
         if score >= 1:
             break
-    score, pixels, shares, attempt, fov, distance = best
+    score, pixels, figure_ids, shares, attempt, fov, distance = best
     image = Image.fromarray((pixels * 255).round().astype(np.uint8)).reduce(SUPERSAMPLE)
+    mask = Image.fromarray(np.where(figure_ids >= 0, 255, 0).astype(np.uint8)).reduce(SUPERSAMPLE)
     figures = [{**f, "share": round(s, 4)} for f, s in zip(scene.figures, shares)]
     info = {"label": label, "seed": seed, "figures": figures, "attempts": attempt + 1, "fov": round(fov, 1), "distance": round(distance, 2), "visible": score >= 1}
-    return image, info
+    return Rendering(image, mask, info)
