@@ -180,7 +180,7 @@ def reliability_png(report: dict, title: str) -> bytes:
     """A reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration."""
     size, left, top = 300, 50, 60
     font = ImageFont.load_default(size=14)
-    img = Image.new("RGB", (left + size + 30, top + size + 50), "white")
+    img = Image.new("RGB", (left + size + 30, top + size + 60), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 8), title, fill="black", font=font)
     draw.text((10, 28), f"ECE {report['ece']:.3f}, {report['n']} images; bars: accuracy per confidence bin", fill="black", font=font)
@@ -194,9 +194,9 @@ def reliability_png(report: dict, title: str) -> bytes:
     draw.line([x(0), y(0), x(1), y(1)], fill=(220, 60, 60), width=2)
     draw.rectangle([x(0), y(1), x(1), y(0)], outline="black")
     for v in (0, 0.5, 1):
-        draw.text((x(v) - 8, y(0) + 18), f"{v:g}", fill="black", font=font)
+        draw.text((x(v) - 8, y(0) + 22), f"{v:g}", fill="black", font=font)
         draw.text((left - 30, y(v) - 8), f"{v:g}", fill="black", font=font)
-    draw.text((x(0.3), y(0) + 32), "confidence (gray: images per bin)", fill="gray", font=font)
+    draw.text((x(0.3), y(0) + 40), "confidence (gray: images per bin)", fill="gray", font=font)
     buffer = io.BytesIO()
     img.save(buffer, "PNG")
     return buffer.getvalue()

@@ -482,14 +482,14 @@ def run(cfg: TrainConfig) -> TrainSummary:
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
     counts = data.counts()
-    weights = class_weights({c: round(n) for c, n in data.per_epoch(cfg.paste_prob).items()})
+    drawn = {c: round(n) for c, n in data.per_epoch().items()}
+    pasted = {c: round(n) for c, n in data.per_epoch(cfg.paste_prob).items()}
+    weights = class_weights(pasted)
     for root in counts["roots"]:
         masks = f", {root['masks']} with masks" if root["masks"] else ""
         print(f"  {root['uri']}: {_counts_text(root['train'])}{masks}; drawn x{root['weight']:g} per epoch")
-    drawn, pasted = data.per_epoch(), data.per_epoch(cfg.paste_prob)
-    after = f"; after pasting about {_counts_text({c: round(n) for c, n in pasted.items()})}" if pasted != drawn else ""
-    print(f"training on {round(sum(drawn.values()))} images per epoch ({_counts_text({c: round(n) for c, n in drawn.items()})}{after}), "
-          f"validating on {sum(counts['val'].values())}")
+    after = f"; after pasting about {_counts_text(pasted)}" if pasted != drawn else ""
+    print(f"training on {sum(drawn.values())} images per epoch ({_counts_text(drawn)}{after}), validating on {sum(counts['val'].values())}")
     print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
 
     check_resumable(storage.child(name), cfg)

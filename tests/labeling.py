@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cgi2real.classes import DEFAULT_CLASSES, is_image_name
+from cgi2real.data import MASKS_FOLDER
 from cgi2real.model import build_model, load_model_package, package_config, save_model_package
 from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
 
@@ -39,8 +40,10 @@ def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 
 
 
 def image_files(folder: str) -> list[str]:
-    """Every file under `folder` with an image extension: the inputs a label run must cover."""
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if is_image_name(f))
+    """Every file under `folder` with an image extension, figure masks aside: the inputs a label run must cover."""
+    return sorted(
+        os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if is_image_name(f) and MASKS_FOLDER not in d.split(os.sep)
+    )
 
 
 def direct_probabilities(package_dir: str, paths: list[str]) -> dict[str, np.ndarray | None]:
