@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cgi2real import evaluate, train  # noqa: E402
 from cgi2real.config import EvalConfig, SynthConfig, TrainConfig  # noqa: E402
+from cgi2real.data import scan_labeled_dataset  # noqa: E402
 from cgi2real.model import read_model_package  # noqa: E402
 from cgi2real.synth import dataset as synth  # noqa: E402
 
@@ -79,8 +80,7 @@ def run_name(v: Variant, args) -> str:
     return f"{v.name}-{v.image_size or args.image_size}px-{v.epochs or args.epochs}ep"
 
 
-def train_config(v: Variant, args, work: str, synth_root: str) -> TrainConfig:
-    hoh_count = sum(len(files) for _, _, files in os.walk(HORSE_OR_HUMAN))
+def train_config(v: Variant, args, work: str, synth_root: str, hoh_count: int) -> TrainConfig:
     if v.synth_weight < 0:
         data, weights = (synth_root,), (round(args.per_epoch / (3 * args.per_class), 3),)
     else:
@@ -119,9 +119,10 @@ def main() -> None:
     hardware = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores ({platform.machine()})"
     names = args.variants.split(",")
     chosen = [v for v in VARIANTS + [final_variant(args)] if v.name in names]
+    hoh_count = len(scan_labeled_dataset(HORSE_OR_HUMAN, TrainConfig(data=(), out="").classes, require_every_class=False))
     rows = []
     for v in chosen:
-        cfg = train_config(v, args, work, synth_root)
+        cfg = train_config(v, args, work, synth_root, hoh_count)
         folder = os.path.join(work, run_name(v, args))
         timing = os.path.join(folder, "train_seconds.json")
         if not os.path.exists(os.path.join(cfg.out, "config.json")):
@@ -131,7 +132,10 @@ def main() -> None:
             with open(timing, "w") as f:
                 json.dump(time.perf_counter() - start, f)
         config, _ = read_model_package(cfg.out)
-        seconds = json.load(open(timing)) if os.path.exists(timing) else None
+        seconds = None
+        if os.path.exists(timing):
+            with open(timing) as f:
+                seconds = json.load(f)
         result = evaluate.run(EvalConfig(model=cfg.out, data=tuple(EVAL_SETS.values()), out=os.path.join(folder, "report"), abstain_below=0.6))
         reports = dict(zip(EVAL_SETS, result["datasets"].values()))
         rows.append({"variant": asdict(v), "config": asdict(cfg), "reports": reports, "train_seconds": seconds, "best": config["training"]["best"]})

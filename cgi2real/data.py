@@ -291,34 +291,42 @@ def _read_images(paths, sizes, preset, files, map_fn) -> tuple[np.ndarray, np.nd
     return images, errors
 
 
-def image_dataset(parts: list[LabeledImages], preset, shuffle: bool = False, seed: int = 0, weights=None, paste_prob: float = 0.0):
-    """A Ray Dataset of decoded, preset-transformed images from one or more roots; re-executed
-    (re-augmented, re-sampled) each epoch.
+def image_dataset(parts: list[LabeledImages], preset):
+    """A Ray Dataset of preset-transformed {image, label, ok} rows from one or more roots, in order (validation)."""
+    import ray.data
+
+    rows = _file_rows(parts)
+    ds = ray.data.from_items(rows, override_num_blocks=_blocks(rows))
+    return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "filesystems": [p.root.fs for p in parts]}, batch_size=32)
+
+
+def training_dataset(parts: list[LabeledImages], preset, weights: list[float], paste_prob: float, seed: int = 0):
+    """The training Ray Dataset: re-executed (re-sampled, re-augmented, re-pasted) each epoch.
 
     `weights[r]` is how many times, on average, each image of root r is drawn per epoch: 2 repeats
-    it, 0.5 draws a new half each epoch. With `shuffle`, the rows are shuffled once here, so that
+    it, 0.5 draws a new half each epoch (`draw_rows`). The rows are shuffled once here, so that
     every block mixes classes and roots, and the block order is drawn anew each epoch; the trainer
     adds a local shuffle buffer. A full `random_shuffle` would be an all-to-all barrier before
-    each epoch's first batch. A `TrainPreset` gets the training map function (masks, pasting).
+    each epoch's first batch.
     """
     import ray.data
 
-    from cgi2real.presets import TrainPreset
+    rows = _file_rows(parts, weights)
+    random.Random(seed).shuffle(rows)
+    ds = ray.data.from_items(rows, override_num_blocks=_blocks(rows)).randomize_block_order().map_batches(draw_rows, batch_size=None)
+    kwargs = {"preset": preset, "filesystems": [p.root.fs for p in parts], "paste_pairs": composite_pairs(parts[0].classes), "paste_prob": paste_prob}
+    return ds.map_batches(load_training_batch, fn_kwargs=kwargs, batch_size=32)
 
+
+def _file_rows(parts: list[LabeledImages], weights: list[float] | None = None) -> list[dict]:
+    """{path, label, mask, root, keep} rows: each image floor(w) times, plus once with keep = frac(w)."""
     rows = []
     for r, (images, weight) in enumerate(zip(parts, weights or [1.0] * len(parts))):
         copies, fraction = int(weight), weight - int(weight)
         for row in images.rows():
             rows += [{**row, "root": r, "keep": 1.0}] * copies + ([{**row, "root": r, "keep": fraction}] if fraction else [])
-    if shuffle:
-        random.Random(seed).shuffle(rows)
-    blocks = max(2, min(len(rows) // 32, 200))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    if shuffle:
-        ds = ds.randomize_block_order()
-    filesystems = [images.root.fs for images in parts]
-    if isinstance(preset, TrainPreset):
-        pairs = composite_pairs(parts[0].classes)
-        ds = ds.map_batches(draw_rows, batch_size=None)
-        return ds.map_batches(load_training_batch, fn_kwargs={"preset": preset, "filesystems": filesystems, "paste_pairs": pairs, "paste_prob": paste_prob}, batch_size=32)
-    return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "filesystems": filesystems}, batch_size=32)
+    return rows
+
+
+def _blocks(rows: list) -> int:
+    return max(2, min(len(rows) // 32, 200))

@@ -22,7 +22,7 @@ from torch import nn
 
 from cgi2real.classes import composite_pairs
 from cgi2real.config import TrainConfig, from_dict
-from cgi2real.data import LabeledImages, class_weights, image_dataset, scan_labeled_dataset, stratified_split
+from cgi2real.data import LabeledImages, class_weights, image_dataset, scan_labeled_dataset, stratified_split, training_dataset
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import (
     WEIGHTS_FILE,
@@ -502,10 +502,7 @@ def run(cfg: TrainConfig) -> TrainSummary:
     data_context = ray.data.DataContext.get_current()  # one line per epoch instead of Ray Data's bars
     data_context.enable_progress_bars = data_context.print_on_execution_start = False
     datasets = {
-        "train": image_dataset(
-            data.train, TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob), shuffle=True, seed=cfg.seed,
-            weights=data.weights, paste_prob=cfg.paste_prob,
-        ),
+        "train": training_dataset(data.train, TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob), data.weights, cfg.paste_prob, cfg.seed),
         "val": image_dataset(data.val, EvalPreset(cfg.image_size)).materialize(),
     }
     trainer = TorchTrainer(
