@@ -30,7 +30,7 @@ from cgi2real.config import LabelConfig  # noqa: E402
 from cgi2real.data import decode_for_labeling, scan_image_files  # noqa: E402
 from cgi2real.label import CPU_BATCH_SIZE, GPU_BATCH_SIZE, Labeler, run  # noqa: E402
 from cgi2real.model import build_model, package_config, read_model_package, save_model_package  # noqa: E402
-from cgi2real.presets import EvalPreset  # noqa: E402
+from cgi2real.presets import DEFAULT_GEOMETRY, EvalPreset  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 
@@ -80,7 +80,7 @@ def main() -> None:
     batch_size = args.batch_size or (GPU_BATCH_SIZE if args.gpu else CPU_BATCH_SIZE)
     model = build_model(len(DEFAULT_CLASSES), args.image_size, "none")
     package = os.path.join(tmp, "pkg")
-    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), args.image_size), package)
+    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), args.image_size, DEFAULT_GEOMETRY), package)
 
     files = scan_image_files(data)
     where = torch.cuda.get_device_name() if args.gpu else f"{torch.get_num_threads()} torch threads"

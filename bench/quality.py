@@ -21,7 +21,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -94,32 +94,43 @@ def train_config(v: Variant, args, work: str, synth_root: str, hoh_count: int) -
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work", default=os.path.expanduser("~/.cache/cgi2real/quality"))
-    parser.add_argument("--variants", default=",".join([v.name for v in VARIANTS] + ["final"]))
+def recipe_arguments(description: str, work: str) -> argparse.ArgumentParser:
+    """The options every from-scratch quality benchmark shares: where it works, the data and the schedule."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", default=os.path.expanduser(f"~/.cache/cgi2real/{work}"))
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--final-image-size", type=int, default=96)
-    parser.add_argument("--final-epochs", type=int, default=30)
     parser.add_argument("--per-epoch", type=int, default=2100, help="training images drawn per epoch")
     parser.add_argument("--per-class", type=int, default=600, help="rendered images per class")
     parser.add_argument("--render-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--publish", help="copy results.md and the final run's confusion and reliability PNGs here (e.g. docs/quality)")
-    args = parser.parse_args()
+    return parser
+
+
+def prepare_work(args) -> tuple[str, str, int, str]:
+    """(work folder, rendered training root, horse_or_human/train's size, hardware): renders what is missing."""
     if not os.path.isdir(HORSE_OR_HUMAN):
         sys.exit(f"the shared data is not at {SHARED}; this benchmark needs it")
-
     work = os.path.abspath(args.work)
     synth_root = os.path.join(work, f"synth-{args.render_size}px")
     synth.run(SynthConfig(out=synth_root, per_class=args.per_class, size=args.render_size))
+    hoh_count = len(scan_labeled_dataset(HORSE_OR_HUMAN, TrainConfig(data=(), out="").classes, require_every_class=False))
     hardware = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores ({platform.machine()})"
+    return work, synth_root, hoh_count, hardware
+
+
+def main() -> None:
+    parser = recipe_arguments(__doc__.split("\n")[0], "quality")
+    parser.add_argument("--variants", default=",".join([v.name for v in VARIANTS] + ["final"]))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--final-image-size", type=int, default=96)
+    parser.add_argument("--final-epochs", type=int, default=30)
+    parser.add_argument("--publish", help="copy results.md and the final run's confusion and reliability PNGs here (e.g. docs/quality)")
+    args = parser.parse_args()
+    work, synth_root, hoh_count, hardware = prepare_work(args)
     names = args.variants.split(",")
     chosen = [v for v in VARIANTS + [final_variant(args)] if v.name in names]
-    hoh_count = len(scan_labeled_dataset(HORSE_OR_HUMAN, TrainConfig(data=(), out="").classes, require_every_class=False))
     rows = []
     for v in chosen:
         cfg = train_config(v, args, work, synth_root, hoh_count)

@@ -12,6 +12,7 @@ import typer
 
 from cgi2real.classes import parse_classes
 from cgi2real.config import EvalConfig, LabelConfig, TrainConfig
+from cgi2real.presets import DEFAULT_GEOMETRY, LEGACY_GEOMETRY
 from cgi2real.errors import InputError, RunFailed
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
@@ -19,6 +20,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS).")]
 AbstainBelow = Annotated[Optional[float], typer.Option(help="Leave images whose top probability is below this unlabeled: label null, error 'low confidence' (evaluate: accuracy and coverage of the rest).")]
 Gpu = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when present).")]
+GEOMETRY_HELP = "How pictures become square input: crop (center square), pad (whole picture, letterboxed) or squash (whole picture, stretched)"
 
 
 def _fails_cleanly(command):
@@ -65,6 +67,7 @@ def train(
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when --val is not given.")] = 0.2,
     weights: Annotated[str, typer.Option(help="imagenet, none (random init) or a model package to continue from.")] = "imagenet",
     image_size: Annotated[int, typer.Option(help="Input size in px (>= 75; the aux head is used at >= 299).")] = 299,
+    geometry: Annotated[str, typer.Option(help=GEOMETRY_HELP + "; recorded in the package, used by evaluate and label.")] = DEFAULT_GEOMETRY,
     epochs_head: Annotated[int, typer.Option(help="Epochs training only the new head on a frozen backbone.")] = 2,
     epochs_finetune: Annotated[int, typer.Option(help="Epochs fine-tuning from --unfreeze-from on, at a lower rate.")] = 3,
     unfreeze_from: Annotated[str, typer.Option(help="First Inception block trained in fine-tuning (Conv2d_1a_3x3 trains all).")] = "Mixed_6a",
@@ -81,6 +84,7 @@ def train(
     storage: Annotated[Optional[str], typer.Option(help="Checkpoint storage (folder or s3:// prefix; default ~/ray_results).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name under --storage; rerun with the same name to resume.")] = None,
     max_failures: Annotated[int, typer.Option(help="Worker failures to recover from the latest checkpoint (-1: no limit).")] = 0,
+    max_unreadable: Annotated[float, typer.Option(help="Abort when a larger share of an epoch's images cannot be read or decoded.")] = 0.05,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in output order (default both,horse,human).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and initialization.")] = 0,
     s3_endpoint: S3Endpoint = None,
@@ -90,10 +94,10 @@ def train(
 
     cfg = TrainConfig(
         data=tuple(data), out=out, data_weights=parse_weights(data_weights), val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
-        image_size=image_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
+        image_size=image_size, geometry=geometry, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
         batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
         augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
-        max_failures=max_failures, seed=seed, s3_endpoint=s3_endpoint,
+        max_failures=max_failures, max_unreadable=max_unreadable, seed=seed, s3_endpoint=s3_endpoint,
     )
     summary = training.run(cfg)
     best = summary.best
@@ -110,6 +114,7 @@ def evaluate(
     out: Annotated[Optional[str], typer.Option("--out", help="Report folder: report.json and a confusion PNG per dataset.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     abstain_below: AbstainBelow = None,
+    geometry: Annotated[Optional[str], typer.Option(help=GEOMETRY_HELP + " (default: the package's).")] = None,
     gpu: Gpu = None,
     s3_endpoint: S3Endpoint = None,
 ):
@@ -117,9 +122,12 @@ def evaluate(
     from cgi2real import evaluate as evaluation
 
     result = evaluation.run(
-        EvalConfig(model=model, data=tuple(data), out=out, batch_size=batch_size, abstain_below=abstain_below, use_gpu=gpu, s3_endpoint=s3_endpoint)
+        EvalConfig(
+            model=model, data=tuple(data), out=out, batch_size=batch_size, abstain_below=abstain_below, geometry=geometry, use_gpu=gpu,
+            s3_endpoint=s3_endpoint,
+        )
     )
-    typer.echo(f"model {result['model']} ({result['model_path']})")
+    typer.echo(f"model {result['model']} ({result['model_path']}), geometry {result['geometry']}")
     typer.echo(evaluation.format_reports(result["datasets"]))
     if out:
         typer.echo(f"report: {os.path.join(out, 'report.json')}")
@@ -135,6 +143,7 @@ def label(
     actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per GPU, else one per node).")] = None,
     gpu: Gpu = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the table at --out first instead of resuming it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Take over a table whose writer died: break a lease not renewed for 2 minutes.")] = False,
     rows_per_file: Annotated[int, typer.Option(help="Commit a Parquet file once this many rows are ready, or after a minute.")] = 100_000,
     abstain_below: AbstainBelow = None,
     s3_endpoint: S3Endpoint = None,
@@ -145,7 +154,7 @@ def label(
     summary = labeling.run(
         LabelConfig(
             source=source, model=model, out=out, batch_size=batch_size, actors=actors, use_gpu=gpu,
-            overwrite=overwrite, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
+            overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
         )
     )
     typer.echo(labeling.format_summary(summary))
@@ -182,7 +191,7 @@ def describe_package(config: dict, where: str) -> str:
         f"model id     {config['weights_sha256'][:16]}",
         f"arch         {config['arch']} (aux head {'on' if config['aux_logits'] else 'off'})",
         f"classes      {', '.join(config['classes'])}",
-        f"image size   {config['image_size']} px, mean {config['mean']}, std {config['std']}",
+        f"image size   {config['image_size']} px, {config.get('geometry', LEGACY_GEOMETRY)}, mean {config['mean']}, std {config['std']}",
         f"created      {config.get('created_at', '?')} by cgi2real {config.get('cgi2real_version', '?')} (format {config['format_version']})",
     ]
     if training:

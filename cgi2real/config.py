@@ -4,6 +4,7 @@ from dataclasses import dataclass, fields
 
 from cgi2real.classes import DEFAULT_CLASSES
 from cgi2real.model import DEFAULT_UNFREEZE_FROM
+from cgi2real.presets import DEFAULT_GEOMETRY
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class TrainConfig:
     classes: tuple[str, ...] = DEFAULT_CLASSES  # class names, in the order the model outputs them
     weights: str = "imagenet"  # imagenet | none | a model package to continue from
     image_size: int = 299  # square input; the aux head is used only at 299 and above
+    geometry: str = DEFAULT_GEOMETRY  # crop | pad | squash: how pictures become square input (presets.GEOMETRIES)
     epochs_head: int = 2  # stage 1: only the new heads train, on a frozen backbone
     epochs_finetune: int = 3  # stage 2: blocks from `unfreeze_from` on train too
     unfreeze_from: str = DEFAULT_UNFREEZE_FROM  # first Inception block trained in stage 2
@@ -33,6 +35,7 @@ class TrainConfig:
     storage: str | None = None  # Ray Train storage_path for checkpoints; None: ~/ray_results
     name: str | None = None  # run name under `storage`; rerun with the same name to resume
     max_failures: int = 0  # worker failures to recover from (from the latest checkpoint)
+    max_unreadable: float = 0.05  # abort when a larger share of an epoch's images cannot be read
     seed: int = 0  # for the validation split and initialization
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
@@ -52,6 +55,7 @@ class EvalConfig:
     out: str | None = None  # report folder (report.json + confusion PNGs); None: print only
     batch_size: int = 64  # images per forward pass
     abstain_below: float | None = None  # also report accuracy and coverage when images below this confidence are left out
+    geometry: str | None = None  # override the package's geometry (to compare them); None: the package's
     use_gpu: bool | None = None  # None: use a GPU when this machine has one
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
@@ -65,6 +69,7 @@ class LabelConfig:
     actors: int | None = None  # model replicas; None: one per GPU, else one
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
     overwrite: bool = False  # delete an existing table at `out` first instead of resuming it
+    force: bool = False  # break the lease of a run that died holding the table (not renewed for 2 minutes)
     rows_per_file: int = 100_000  # commit a Parquet file once this many rows are ready (~5 MB)
     commit_seconds: float = 60.0  # commit a file at least this often, so a crash loses little
     abstain_below: float | None = None  # leave images whose top probability is below this unlabeled ("low confidence")

@@ -20,13 +20,14 @@ import pyarrow.fs as pafs
 
 from cgi2real.classes import IMAGE_EXTENSIONS, class_for_folder, composite_pairs, is_image_name
 from cgi2real.errors import InputError
-from cgi2real.presets import ImageError, paste_figures
-from cgi2real.storage import Location, first_line, locate
+from cgi2real.presets import ImageError, image_errors, paste_figures
+from cgi2real.storage import Location, first_line, locate, read_whole
 
 # Files larger than this are reported, not read: no image we can use is that big.
 MAX_FILE_BYTES = 256 * 2**20
 
 MASKS_FOLDER = "_masks"  # figure masks of a labeled dataset, beside its class folders
+PASTE_BATCH = 32  # rows per training map batch: cut-and-paste takes its donors from the same batch
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,10 @@ class LabeledImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels)
+    def class_counts(self, masked_only: bool = False) -> dict[str, int]:
+        """Images per class (only those with a figure mask if `masked_only`)."""
+        masks = self.masks or ("",) * len(self.labels)
+        counts = Counter(label for label, mask in zip(self.labels, masks) if mask or not masked_only)
         return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
 
     @property
@@ -133,6 +136,43 @@ def stratified_split(images: LabeledImages, fraction: float, seed: int) -> tuple
     return images.subset(sorted(train_idx)), images.subset(sorted(val_idx))
 
 
+def split_record(train: LabeledImages, val: LabeledImages) -> dict:
+    """A root's held-out split as a checkpoint stores it: its files, relative to the root, on each side."""
+    prefix = train.root.path.rstrip("/") + "/"
+    return {"uri": train.root.uri, "train": [p[len(prefix):] for p in train.paths], "val": [p[len(prefix):] for p in val.paths]}
+
+
+@dataclass(frozen=True)
+class KeptSplit:
+    """A root split as a resumed run's checkpoint says, over the files there now."""
+
+    train: LabeledImages
+    val: LabeledImages
+    new: int  # files the run has not seen: training only
+    gone: int  # training files of the run that are no longer there
+
+
+def reuse_split(images: LabeledImages, record: dict) -> KeptSplit:
+    """Split `images` as `record` (`split_record`) did: the same validation files, the rest for training.
+
+    Refuses when a validation file is gone (or moved to another class folder): the accuracies of
+    the run's epochs would no longer be comparable, and the best epoch could not be picked fairly.
+    """
+    prefix = images.root.path.rstrip("/") + "/"
+    index = {p[len(prefix):]: i for i, p in enumerate(images.paths)}
+    gone = [name for name in record["val"] if name not in index]
+    if gone:
+        raise InputError(
+            f"{len(gone)} validation file(s) of the run are gone from {images.root.uri} (e.g. {gone[0]}); "
+            "restore them to resume, or start a new run with another --name"
+        )
+    val = [index[name] for name in record["val"]]
+    held, seen = set(val), set(record["train"]) | set(record["val"])
+    train = [i for i in range(len(images)) if i not in held]
+    new = sum(1 for name in index if name not in seen)
+    return KeptSplit(images.subset(train), images.subset(sorted(val)), new, len(record["train"]) - (len(train) - new))
+
+
 def class_weights(counts: dict[str, int]) -> dict[str, float]:
     """Inverse-frequency loss weights, n / (k * n_c): a balanced set gets 1.0 everywhere."""
     total, k = sum(counts.values()), len(counts)
@@ -185,13 +225,12 @@ def read_file(fs, path: str, size: int | None = None) -> tuple[bytes | None, str
     if size is not None and size > MAX_FILE_BYTES:
         return None, f"too large: {size} bytes > {MAX_FILE_BYTES}"
     try:
-        with fs.open_input_stream(path) as f:
-            return f.read(), None
-    except OSError as e:
+        return read_whole(fs, path), None
+    except Exception as e:  # one file's failure, whatever it is, is that file's error row
         return None, _read_error(e)
 
 
-def _read_error(error: OSError) -> str:
+def _read_error(error: Exception) -> str:
     text = str(error)
     if isinstance(error, PermissionError) or "ACCESS_DENIED" in text or "AccessDenied" in text:
         return "permission denied"
@@ -259,7 +298,11 @@ def load_training_batch(batch: dict[str, np.ndarray], preset, filesystems, paste
     if paste_prob > 0 and paste_pairs:
         images, labels = paste_figures(images, labels, figures, paste_pairs, paste_prob, rng)
     for i in np.flatnonzero(ok):
-        images[i] = preset.degrade(images[i], rng)
+        try:
+            with image_errors():
+                images[i] = preset.degrade(images[i], rng)
+        except ImageError:  # counted like an unreadable image: one image never fails the batch
+            ok[i] = False
     return {"image": images, "label": labels, "ok": ok}
 
 
@@ -295,30 +338,32 @@ def image_dataset(parts: list[LabeledImages], preset):
     """A Ray Dataset of preset-transformed {image, label, ok} rows from one or more roots, in order (validation)."""
     import ray.data
 
-    rows = _file_rows(parts)
+    rows = file_rows(parts)
     ds = ray.data.from_items(rows, override_num_blocks=_blocks(rows))
     return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "filesystems": [p.root.fs for p in parts]}, batch_size=32)
 
 
-def training_dataset(parts: list[LabeledImages], preset, weights: list[float], paste_prob: float, seed: int = 0):
-    """The training Ray Dataset: re-executed (re-sampled, re-augmented, re-pasted) each epoch.
+def training_dataset(parts: list[LabeledImages], preset, weights: list[float], paste_prob: float):
+    """The training Ray Dataset: re-executed (re-shuffled, re-sampled, re-augmented, re-pasted) each epoch."""
+    kwargs = {"preset": preset, "filesystems": [p.root.fs for p in parts], "paste_pairs": composite_pairs(parts[0].classes), "paste_prob": paste_prob}
+    return training_rows(parts, weights).map_batches(load_training_batch, fn_kwargs=kwargs, batch_size=PASTE_BATCH)
+
+
+def training_rows(parts: list[LabeledImages], weights: list[float]):
+    """The file rows of an epoch, {path, label, mask, root, keep}: a Ray Dataset drawn and shuffled anew each epoch.
 
     `weights[r]` is how many times, on average, each image of root r is drawn per epoch: 2 repeats
-    it, 0.5 draws a new half each epoch (`draw_rows`). The rows are shuffled once here, so that
-    every block mixes classes and roots, and the block order is drawn anew each epoch; the trainer
-    adds a local shuffle buffer. A full `random_shuffle` would be an all-to-all barrier before
-    each epoch's first batch.
+    it, 0.5 draws a new half each epoch (`draw_rows`). The rows are a path and a label each, not
+    pixels, so shuffling all of them every epoch is cheap, and an image meets other batch-mates and
+    paste donors each time; decoding, after the shuffle, stays streamed.
     """
     import ray.data
 
-    rows = _file_rows(parts, weights)
-    random.Random(seed).shuffle(rows)
-    ds = ray.data.from_items(rows, override_num_blocks=_blocks(rows)).randomize_block_order().map_batches(draw_rows, batch_size=None)
-    kwargs = {"preset": preset, "filesystems": [p.root.fs for p in parts], "paste_pairs": composite_pairs(parts[0].classes), "paste_prob": paste_prob}
-    return ds.map_batches(load_training_batch, fn_kwargs=kwargs, batch_size=32)
+    rows = file_rows(parts, weights)
+    return ray.data.from_items(rows, override_num_blocks=_blocks(rows)).random_shuffle().map_batches(draw_rows, batch_size=None)
 
 
-def _file_rows(parts: list[LabeledImages], weights: list[float] | None = None) -> list[dict]:
+def file_rows(parts: list[LabeledImages], weights: list[float] | None = None) -> list[dict]:
     """{path, label, mask, root, keep} rows: each image floor(w) times, plus once with keep = frac(w)."""
     rows = []
     for r, (images, weight) in enumerate(zip(parts, weights or [1.0] * len(parts))):

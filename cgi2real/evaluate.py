@@ -3,7 +3,7 @@ calibration (expected calibration error, reliability diagram) and abstention.
 
 Several datasets are reported side by side, so the gap between CGI and real photographs shows at
 a glance. Decoding runs on a thread pool (PIL releases the GIL); the forward pass is plain torch
-with the training code's input path (`train.model_input`, `train.autocast`).
+with the training code's input path (`runtime.model_input`, `runtime.autocast`).
 """
 
 import io
@@ -19,9 +19,9 @@ from cgi2real.config import EvalConfig
 from cgi2real.data import LabeledImages, load_image_batch, scan_labeled_dataset
 from cgi2real.errors import InputError
 from cgi2real.model import load_model_package
-from cgi2real.presets import EvalPreset
+from cgi2real.presets import GEOMETRIES, EvalPreset
 from cgi2real.storage import first_line, locate
-from cgi2real.train import autocast, model_input
+from cgi2real.runtime import autocast, model_input
 
 CALIBRATION_BINS = 10  # equal-width confidence bins for ECE and the reliability diagram
 
@@ -207,6 +207,8 @@ def run(cfg: EvalConfig) -> dict:
     if not cfg.data:
         raise InputError("give at least one --data dataset to evaluate")
     check_abstain_below(cfg.abstain_below)
+    if cfg.geometry is not None and cfg.geometry not in GEOMETRIES:
+        raise InputError(f"--geometry {cfg.geometry!r}: expected one of {', '.join(GEOMETRIES)}")
     package = load_model_package(cfg.model, cfg.s3_endpoint)
     datasets = [scan_labeled_dataset(uri, tuple(package.classes), cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
     out = locate(cfg.out, cfg.s3_endpoint) if cfg.out else None
@@ -214,7 +216,8 @@ def run(cfg: EvalConfig) -> dict:
     if use_gpu and not torch.cuda.is_available():
         raise InputError("--gpu given but no CUDA GPU is visible")
     device = torch.device("cuda" if use_gpu else "cpu")
-    model, preset = package.model.to(device), EvalPreset(package.image_size)
+    geometry = cfg.geometry or package.geometry
+    model, preset = package.model.to(device), EvalPreset(package.image_size, geometry)
     reports = {}
     for name, images in zip(dataset_names(cfg.data), datasets):
         probs, labels, ok = predict(model, labeled_batches(images, preset, cfg.batch_size), device, package.mean, package.std)
@@ -225,7 +228,7 @@ def run(cfg: EvalConfig) -> dict:
         if cfg.abstain_below is not None:
             report["abstain"] = abstention(probs, labels, cfg.abstain_below)
         reports[name] = {**report, "source": images.root.uri}
-    result = {"model": package.model_id, "model_path": locate(cfg.model, cfg.s3_endpoint).uri, "datasets": reports}
+    result = {"model": package.model_id, "model_path": locate(cfg.model, cfg.s3_endpoint).uri, "geometry": geometry, "datasets": reports}
     if out:
         try:
             out.child("report.json").write_bytes(json.dumps(result, indent=2).encode())

@@ -7,7 +7,8 @@ to the images, and one writer can keep exactly one row per path, commit each Par
 and report progress.
 
 A label table is a folder of `part-*.parquet` files (see `table_schema`). Rerunning into the same
-folder labels only paths that are not in it yet.
+folder labels only paths that are not in it yet. One run at a time writes a table: it holds the
+table's lease (`TableLease`) while it runs.
 """
 
 import contextlib
@@ -16,6 +17,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -36,12 +38,17 @@ from cgi2real.errors import InputError, RunFailed
 from cgi2real.evaluate import check_abstain_below
 from cgi2real.model import package_from_bytes, read_model_package
 from cgi2real.presets import EvalPreset, normalize
+from cgi2real.runtime import autocast, check_local_paths, node_cpus, start_ray
 from cgi2real.storage import Location, first_line, locate
-from cgi2real.train import autocast, start_ray
 
 METADATA_KEY = b"cgi2real"  # Parquet key-value metadata: JSON with classes, model id, version
 PART_PREFIX = "part-"
-TMP_PREFIX = "_tmp-"  # uncommitted files; pyarrow, pandas and Spark skip names starting with "_"
+# Uncommitted files: `_tmp-part-....parquet.tmp`. pyarrow, pandas and Spark skip names starting
+# with "_", and the suffix keeps them out of a `*.parquet` glob (DuckDB's, for one).
+TMP_PREFIX, TMP_SUFFIX = "_tmp-", ".tmp"
+LEASE_NAME = "_lease.json"  # the table's lock object (TableLease)
+LEASE_HEARTBEAT_SECONDS = 15.0  # the holder renews the lease this often
+LEASE_STALE_SECONDS = 120.0  # a lease not renewed for this long belongs to a dead run: --force breaks it
 PROGRESS_SECONDS = 10.0
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
 
@@ -57,15 +64,16 @@ class Labeler:
     through with NaN probabilities.
     """
 
-    def __init__(self, config: dict, weights, use_gpu: bool = False, cpu_threads: int | None = None):
+    def __init__(self, config: dict, weights, use_gpu: bool = False, actors_per_node: int | None = None):
         if not isinstance(weights, bytes):  # an ObjectRef: one copy in the object store serves every actor
             import ray
 
             weights = ray.get(weights)
         package = package_from_bytes(config, weights, "model package")
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        if self.device.type == "cpu" and cpu_threads:
-            torch.set_num_threads(cpu_threads)  # Ray sets one thread per reserved CPU otherwise
+        if self.device.type == "cpu" and actors_per_node:
+            # Ray sets one thread per reserved CPU; share this node's cores (not the driver's) instead.
+            torch.set_num_threads(max(1, node_cpus() // actors_per_node))
         self.model = package.model.to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -140,12 +148,14 @@ class LabelTable:
 
     A file is written under a `_tmp-` name and renamed when complete (locally), or uploaded in one
     request (S3, where an object appears whole or not at all), so readers never see half a file.
+    Only the holder of the table's lease may change it: `check`, then `TableLease`, then `prepare`.
     """
 
     def __init__(self, folder: Location):
         self.folder = folder
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.written = 0  # files committed by this writer
+        self.lease: "TableLease | None" = None  # when set, every commit first checks it is still held
 
     def listing(self) -> list[pafs.FileInfo]:
         return self.folder.list_files() if self.folder.is_dir() else []
@@ -153,20 +163,28 @@ class LabelTable:
     def part_files(self) -> list[str]:
         return [i.path for i in self.listing() if i.base_name.startswith(PART_PREFIX) and i.base_name.endswith(".parquet")]
 
-    def prepare(self, overwrite: bool) -> None:
-        """Check the folder is a label table (or new) and writable; clear it if `overwrite`."""
+    def check(self) -> None:
+        """Refuse an --out that is a file or holds files that are not a label table's."""
         info = self.folder.info()
         if info.type == pafs.FileType.File:
             raise InputError(f"--out {self.folder.uri} is a file; give a folder for the label table")
-        listing = self.listing()
-        foreign = [i.path for i in listing if not i.base_name.startswith((PART_PREFIX, TMP_PREFIX))]
+        ours = (PART_PREFIX, TMP_PREFIX, LEASE_NAME, ".cgi2real-")  # ".cgi2real-": runtime.check_local_paths' markers
+        foreign = [i.path for i in self.listing() if not i.base_name.startswith(ours)]
         if foreign:
             raise InputError(
                 f"--out {self.folder.uri} holds files that are not a label table's (e.g. {self.folder.uri_of(foreign[0])}); "
                 "give a new or empty folder"
             )
+
+    def prepare(self, overwrite: bool) -> None:
+        """Clear an interrupted run's temporary files (all files if `overwrite`) and check the folder is writable.
+
+        Call it holding the lease: another writer's temporary files would be deleted otherwise.
+        """
         try:
-            for i in listing:
+            for i in self.listing():
+                if i.base_name == LEASE_NAME:
+                    continue
                 if overwrite or i.base_name.startswith(TMP_PREFIX):  # leftovers of an interrupted run
                     self.folder.fs.delete_file(i.path)
             probe = self.folder.child(f"{TMP_PREFIX}probe-{self.run_id}")
@@ -188,6 +206,8 @@ class LabelTable:
 
     def commit(self, table: pa.Table) -> str:
         """Write `table` as the next part file, all or nothing; return its URI."""
+        if self.lease is not None:
+            self.lease.check_held()
         self.written += 1
         name = f"{PART_PREFIX}{self.run_id}-{self.written:05d}.parquet"
         sink = pa.BufferOutputStream()
@@ -196,10 +216,145 @@ class LabelTable:
         if self.folder.scheme == "s3":
             final.write_bytes(sink.getvalue().to_pybytes())
         else:
-            tmp = self.folder.child(TMP_PREFIX + name)
+            tmp = self.folder.child(TMP_PREFIX + name + TMP_SUFFIX)
             tmp.write_bytes(sink.getvalue().to_pybytes())
             self.folder.fs.move(tmp.path, final.path)  # a rename: atomic on one filesystem
         return final.uri
+
+
+class LeaseLost(RunFailed):
+    """Another run took this table's lease (with --force): this run must not write any more."""
+
+
+class TableLease:
+    """One writer per label table: the lock object `_lease.json` (run id, host, pid, heartbeat).
+
+    Taken before the table is touched, renewed every LEASE_HEARTBEAT_SECONDS by a thread, and
+    deleted when the run ends. A second run is refused while the lease is renewed. A lease not
+    renewed for LEASE_STALE_SECONDS belongs to a run that died: `force` breaks it. A lease of a
+    process on this host that no longer exists is broken without asking.
+    """
+
+    def __init__(
+        self, folder: Location, run_id: str, force: bool = False,
+        stale_seconds: float = LEASE_STALE_SECONDS, heartbeat_seconds: float = LEASE_HEARTBEAT_SECONDS,
+    ):
+        self.location, self.run_id, self.force = folder.child(LEASE_NAME), run_id, force
+        self.stale_seconds, self.heartbeat_seconds = stale_seconds, heartbeat_seconds
+        self.table_uri = folder.uri
+        self.taken_by: str | None = None  # the run that broke this lease, once the heartbeat sees it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "TableLease":
+        self.acquire()
+        self._thread = threading.Thread(target=self._renew, name="cgi2real-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        with contextlib.suppress(OSError):
+            if self.taken_by is None and (self.read() or {}).get("run") == self.run_id:
+                self.location.fs.delete_file(self.location.path)
+
+    def acquire(self) -> None:
+        """Take the lease, or raise InputError saying who holds it and what to do."""
+        holder = self.read()
+        if holder is not None:
+            self._refuse_or_break(holder)
+        try:
+            if self.location.scheme == "file":
+                self._create_exclusively()
+            else:
+                # S3 has no exclusive create here: write, let a racing writer's request land, read back.
+                self._write()
+                time.sleep(1.0)
+                if (self.read() or {}).get("run") != self.run_id:
+                    raise InputError(f"--out {self.location.uri}: another run took the table's lease at the same moment; try again")
+        except OSError as e:
+            raise InputError(f"cannot write the label table to {self.table_uri}: {first_line(e)}") from None
+
+    def _refuse_or_break(self, holder: dict) -> None:
+        age = time.time() - float(holder.get("heartbeat", 0))
+        who = f"run {holder.get('run')} (host {holder.get('host')}, pid {holder.get('pid')})"
+        dead_here = holder.get("host") == socket.gethostname() and not _process_exists(int(holder.get("pid", 0)))
+        if not dead_here:
+            if age < self.stale_seconds:
+                raise InputError(
+                    f"--out {self.table_uri} is being written by {who}, lease renewed {age:.0f} s ago: "
+                    "wait for it to finish, or label into another --out"
+                )
+            if not self.force:
+                raise InputError(
+                    f"--out {self.table_uri} has the lease of {who}, not renewed for {age:.0f} s: "
+                    "if that run is dead, pass --force to take the table over"
+                )
+        print(f"breaking the table's lease held by {who}: " + ("its process is gone" if dead_here else f"not renewed for {age:.0f} s"), flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.location.fs.delete_file(self.location.path)
+
+    def _record(self) -> bytes:
+        return json.dumps({"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}).encode()
+
+    def _create_exclusively(self) -> None:
+        os.makedirs(os.path.dirname(self.location.path), exist_ok=True)
+        try:
+            fd = os.open(self.location.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise InputError(f"--out {self.location.uri}: another run took the table's lease at the same moment; try again") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._record())
+
+    def _write(self) -> None:
+        if self.location.scheme == "file":  # renewals replace the file whole: a reader never sees half of it
+            tmp = f"{self.location.path}.{self.run_id}{TMP_SUFFIX}"
+            with open(tmp, "wb") as f:
+                f.write(self._record())
+            os.replace(tmp, self.location.path)
+        else:
+            self.location.write_bytes(self._record())
+
+    def read(self) -> dict | None:
+        """The lease's record, or None when the table has no lease."""
+        try:
+            return json.loads(self.location.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a half-written lease of a crashed writer: it holds nothing
+            return {"heartbeat": 0}
+        except OSError as e:  # the lease is the first thing a run writes: this is where an unwritable --out shows
+            raise InputError(f"cannot write the label table to {self.table_uri}: {first_line(e)}") from None
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                holder = self.read()
+                if (holder or {}).get("run") != self.run_id:
+                    self.taken_by = (holder or {}).get("run", "unknown")
+                    return
+                self._write()
+            except (OSError, InputError):  # a transient storage error: the next beat tries again
+                continue
+
+    def check_held(self) -> None:
+        """Raise LeaseLost once another run has taken the lease."""
+        if self.taken_by is not None:
+            raise LeaseLost(f"run {self.taken_by} took over the label table {self.table_uri} (--force); this run stopped writing")
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def error_kind(error: str) -> str:
@@ -292,7 +447,15 @@ def run(cfg: LabelConfig) -> LabelSummary:
     config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # fail here, not in an actor
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
-    table.prepare(cfg.overwrite)
+    table.check()
+    with TableLease(table.folder, table.run_id, cfg.force) as lease:
+        table.lease = lease
+        table.prepare(cfg.overwrite)
+        return _label(cfg, files, package, weights, table)
+
+
+def _label(cfg: LabelConfig, files: ImageFiles, package, weights: bytes, table: LabelTable) -> LabelSummary:
+    """The run itself, holding the table's lease: what is left to label, through Ray, into the table."""
     parts = table.part_files()
     check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)
     done = set(table.read(parts, ["path"]).column("path").to_pylist()) if parts else set()
@@ -308,10 +471,11 @@ def run(cfg: LabelConfig) -> LabelSummary:
     import ray
 
     start_ray(min_cpus=2)  # one CPU for the model, one for decoding
-    use_gpu, actors, cpu_threads = _resources(cfg)
+    check_local_paths({f"SOURCE {files.root.uri}": files.paths[todo[0]]} if files.root.scheme == "file" else {}, {"--out": table.folder})
+    use_gpu, actors, actors_per_node = _resources(cfg)
     batch_size = cfg.batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
-    print(f"model {package.model_id} on {actors} {'GPU' if use_gpu else 'CPU'} actor(s), batch {batch_size}, {package.image_size} px", flush=True)
-    ds = labeling_dataset(files, todo, package.image_size, config, ray.put(weights), use_gpu, actors, cpu_threads, batch_size)
+    print(f"model {package.model_id} on {actors} {'GPU' if use_gpu else 'CPU'} actor(s), batch {batch_size}, {package.image_size} px, {package.geometry}", flush=True)
+    ds = labeling_dataset(files, todo, package.eval_preset(), package.config, ray.put(weights), use_gpu, actors, actors_per_node, batch_size)
     writer = TableWriter(table, files.root, package.classes, package.model_id, done, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
     start = last_report = time.monotonic()
     try:
@@ -327,6 +491,8 @@ def run(cfg: LabelConfig) -> LabelSummary:
     except KeyboardInterrupt:
         writer.flush()  # keep what is done: a rerun resumes after it
         print(f"interrupted: {writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume", flush=True)
+        raise
+    except LeaseLost:
         raise
     except Exception as e:
         writer.flush()
@@ -355,7 +521,7 @@ def check_same_model(table: LabelTable, parts: list[str], classes: list[str], mo
 
 
 def _resources(cfg: LabelConfig) -> tuple[bool, int, int | None]:
-    """(use GPUs?, number of model actors, torch threads per CPU actor) from the flags and the cluster."""
+    """(use GPUs?, number of model actors, CPU actors per node or None on GPUs) from the flags and the cluster."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -364,12 +530,12 @@ def _resources(cfg: LabelConfig) -> tuple[bool, int, int | None]:
         raise InputError("--gpu given but this machine has no GPU")
     nodes = max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")))
     actors = cfg.actors or (max(gpus, 1) if use_gpu else nodes)
-    # A CPU actor shares its node's cores with the other actors there (Ray would give it one thread).
-    cpu_threads = None if use_gpu else max(1, (os.cpu_count() or 1) // math.ceil(actors / nodes))
-    return use_gpu, actors, cpu_threads
+    return use_gpu, actors, None if use_gpu else math.ceil(actors / nodes)
 
 
-def labeling_dataset(files: ImageFiles, todo: list[int], image_size: int, config: dict, weights_ref, use_gpu: bool, actors: int, cpu_threads: int | None, batch_size: int):
+def labeling_dataset(
+    files: ImageFiles, todo: list[int], preset: EvalPreset, config: dict, weights_ref, use_gpu: bool, actors: int, actors_per_node: int | None, batch_size: int
+):
     """The Ray Dataset: file rows -> decode tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}."""
     import ray.data
 
@@ -381,10 +547,10 @@ def labeling_dataset(files: ImageFiles, todo: list[int], image_size: int, config
     blocks = [pa.table({"path": paths[i:i + block_rows], "size": sizes[i:i + block_rows]}) for i in range(0, len(paths), block_rows)]
     return (
         ray.data.from_arrow(blocks)
-        .map_batches(decode_for_labeling, fn_kwargs={"preset": EvalPreset(image_size), "fs": files.root.fs}, batch_size=None, batch_format="numpy")
+        .map_batches(decode_for_labeling, fn_kwargs={"preset": preset, "fs": files.root.fs}, batch_size=None, batch_format="numpy")
         .map_batches(
             Labeler,
-            fn_constructor_kwargs={"config": config, "weights": weights_ref, "use_gpu": use_gpu, "cpu_threads": cpu_threads},
+            fn_constructor_kwargs={"config": config, "weights": weights_ref, "use_gpu": use_gpu, "actors_per_node": actors_per_node},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),

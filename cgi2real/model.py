@@ -21,12 +21,12 @@ from torch import nn
 
 import cgi2real
 from cgi2real.errors import InputError
-from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD
+from cgi2real.presets import GEOMETRIES, IMAGENET_MEAN, IMAGENET_STD, LEGACY_GEOMETRY, EvalPreset
 from cgi2real.storage import first_line, locate
 
 ARCH = "inception_v3"
 PACKAGE_FORMAT = "cgi2real-model"
-PACKAGE_VERSION = 1
+PACKAGE_VERSION = 2  # 2: `geometry` recorded (version 1 packages center-crop)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -47,11 +47,12 @@ def check_image_size(image_size: int) -> None:
         raise InputError(f"image size {image_size} is too small: Inception v3 needs at least {MIN_IMAGE_SIZE} px")
 
 
-def build_model(num_classes: int, image_size: int, weights: str = "none") -> nn.Module:
+def build_model(num_classes: int, image_size: int, weights: str = "none", imagenet: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Inception v3 with a new `num_classes` head; `weights` is "imagenet" or "none".
 
     The auxiliary head is kept only at image_size >= 299, where its 17x17 feature maps exist.
-    ImageNet weights expect torchvision's `transform_input` (they were trained on [-1, 1] input).
+    ImageNet weights expect torchvision's `transform_input` (they were trained on [-1, 1] input);
+    `imagenet` is their state dict if already read (default: from the torch cache or a download).
     """
     check_image_size(image_size)
     aux = image_size >= AUX_IMAGE_SIZE
@@ -68,7 +69,7 @@ def build_model(num_classes: int, image_size: int, weights: str = "none") -> nn.
     if weights != "imagenet":
         raise InputError(f"weights {weights!r}: expected imagenet, none or a model package")
     model = torchvision.models.inception_v3(aux_logits=True, transform_input=True, init_weights=False)
-    model.load_state_dict(imagenet_state_dict())
+    model.load_state_dict(imagenet if imagenet is not None else imagenet_state_dict())
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     if aux:
         model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
@@ -154,12 +155,20 @@ class ModelPackage:
         return tuple(self.config["std"])
 
     @property
+    def geometry(self) -> str:
+        """How pictures become square input (presets.GEOMETRIES); packages before version 2 center-crop."""
+        return self.config.get("geometry", LEGACY_GEOMETRY)
+
+    def eval_preset(self) -> EvalPreset:
+        return EvalPreset(self.image_size, self.geometry)
+
+    @property
     def model_id(self) -> str:
         """Identifies the weights: the first 16 hex digits of their SHA-256."""
         return self.config["weights_sha256"][:16]
 
 
-def package_config(model: nn.Module, classes: list[str], image_size: int, training: dict | None = None) -> dict:
+def package_config(model: nn.Module, classes: list[str], image_size: int, geometry: str, training: dict | None = None) -> dict:
     """The config.json of a package for `model` (weights_sha256 is added when it is saved)."""
     return {
         "format": PACKAGE_FORMAT,
@@ -167,6 +176,7 @@ def package_config(model: nn.Module, classes: list[str], image_size: int, traini
         "arch": ARCH,
         "classes": list(classes),
         "image_size": image_size,
+        "geometry": geometry,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "aux_logits": bool(getattr(model, "aux_logits", False)),
@@ -263,6 +273,8 @@ def _read_package_config(folder) -> dict:
         raise InputError(f"model package {folder.uri} has format version {config['format_version']}; this cgi2real reads up to {PACKAGE_VERSION}: upgrade cgi2real")
     if config["arch"] != ARCH:
         raise InputError(f"model package {folder.uri} has arch {config['arch']!r}; only {ARCH!r} is supported")
+    if config.get("geometry", LEGACY_GEOMETRY) not in GEOMETRIES:
+        raise InputError(f"model package {folder.uri} has geometry {config['geometry']!r}; this cgi2real knows {', '.join(GEOMETRIES)}")
     return config
 
 
@@ -280,14 +292,28 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], what
             raise InputError(f"{what}: {key!r} has shape {list(given[key])}, expected {list(shape)}")
 
 
-def initial_model(weights: str, classes: list[str], image_size: int, s3_endpoint: str | None = None) -> nn.Module:
+def read_starting_weights(weights: str, s3_endpoint: str | None = None) -> tuple[dict | None, bytes | None]:
+    """What training starts from, read and checked once, on the driver: (package config or None,
+    safetensors bytes, or None for "none"). Workers get the bytes through Ray's object store, so
+    nothing is fetched again per worker and a package on the driver's disk serves a whole cluster."""
+    if weights == "none":
+        return None, None
+    if weights == "imagenet":
+        return None, save_safetensors({k: v.contiguous() for k, v in imagenet_state_dict().items()})
+    config, data = read_model_package(weights, s3_endpoint)
+    package_from_bytes(config, data, locate(weights, s3_endpoint).uri)  # refuse a bad package here, not in a worker
+    return config, data
+
+
+def initial_model(weights: str, classes: list[str], image_size: int, data: bytes | None = None, config: dict | None = None) -> nn.Module:
     """The model training starts from: ImageNet, random ("none"), or a package's weights.
 
-    A package trained on other classes lends its backbone; the new heads start fresh then.
+    `data` and `config` are what `read_starting_weights(weights)` returned. A package trained on
+    other classes lends its backbone; the new heads start fresh then.
     """
     if weights in ("imagenet", "none"):
-        return build_model(len(classes), image_size, weights)
-    package = load_model_package(weights, s3_endpoint)
+        return build_model(len(classes), image_size, weights, load_safetensors(data) if weights == "imagenet" else None)
+    package = package_from_bytes(config, data, weights)
     model = build_model(len(classes), image_size, "none")
     model.transform_input = package.config["transform_input"]
     source = package.model.state_dict()

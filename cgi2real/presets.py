@@ -5,59 +5,125 @@ image file to a uint8 tensor (3, S, S); `normalize` turns a batch of those into 
 input on the device, so only uint8 pixels (a quarter of the bytes) cross Ray's object store.
 """
 
+import contextlib
 import io
-import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+import torchvision.transforms as transforms_v1
+from PIL import Image, ImageFilter, JpegImagePlugin
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # fill outside the picture: ~0 once normalized
 
-# Larger images are refused before their pixels are decoded (a decompression bomb guard).
+# Only these decoders run, whatever a file's name says: Pillow's others (TGA, PCX, TIFF, SGI, DDS,
+# ICNS, ...) are legacy code that files from untrusted buckets should not reach.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+# Limits on the image as it will be decoded (a JPEG after its reduced-size draft), checked from
+# the header before any pixel is decoded: a decompression-bomb guard.
 MAX_PIXELS = 80_000_000
+MAX_DECODED_BYTES = 4 * MAX_PIXELS  # 16-bit and alpha modes take more bytes per pixel
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
 
 # Eval resizes the short side to image_size * 342/299 before a center crop, as torchvision's
 # Inception v3 weights were evaluated (342 -> 299).
 RESIZE_RATIO = 342 / 299
+
+# How a picture of any shape becomes the model's square input; every model package records its own.
+#   crop:   the short side resized, the centre square kept (torchvision's eval; drops the sides of wide photos)
+#   pad:    the whole picture, its long side resized, centred on a square of the mean colour
+#   squash: the whole picture resized to the square (wide figures get narrower)
+GEOMETRIES = ("crop", "pad", "squash")
+LEGACY_GEOMETRY = "crop"  # packages written before the geometry was recorded
+DEFAULT_GEOMETRY = "crop"
+
+_TRANSPOSE = {  # EXIF orientation -> the transposition that shows the picture upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageError(ValueError):
     """An image file that cannot be turned into pixels; the message is a short reason."""
 
 
-def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode image bytes into an RGB PIL image, upright per its EXIF orientation.
+@contextlib.contextmanager
+def image_errors():
+    """Turn any failure on one image into an ImageError with a short reason.
 
-    Grayscale, CMYK, palette, 16-bit and transparent images are converted (transparency onto
-    white). `draft_size` lets JPEGs decode at a reduced scale whose short side stays >= it.
-    Raises ImageError with a short reason for anything that is not a usable image.
+    Decoders meet every kind of broken file (a mis-typed EXIF tag raises struct.error deep in
+    Pillow), and one file must never fail a batch: it becomes that file's error row instead.
     """
-    if not data:
-        raise ImageError("empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"too large: {img.width}x{img.height} pixels > {MAX_PIXELS}")
-            if draft_size and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        yield
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
         raise ImageError("not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"too large: more than {MAX_PIXELS} pixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = "truncated" if "truncated" in str(e).lower() else f"cannot decode: {e}"
-        raise ImageError(reason.splitlines()[0]) from None
+    except MemoryError:
+        raise ImageError("too large: out of memory") from None
+    except Exception as e:
+        text = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise ImageError("truncated" if "truncated" in text.lower() else f"cannot decode: {text}") from None
+
+
+def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode image bytes into an RGB PIL image, upright per its EXIF orientation.
+
+    Grayscale, CMYK, palette, 16-bit and transparent images are converted (transparency onto
+    white). `draft_size` lets JPEGs decode at a reduced scale whose short side stays >= it; the
+    pixel limit applies to that reduced size. Raises ImageError with a short reason for anything
+    that is not a usable image.
+    """
+    if not data:
+        raise ImageError("empty file")
+    with image_errors():
+        img = _open(data)
+        if draft_size and isinstance(img, JpegImagePlugin.JpegImageFile):  # MPO (camera) files too
+            img.draft("RGB", (draft_size, draft_size))
+        check_decoded_size(img)
+        img.load()
+        return _to_rgb(_upright(img))
+
+
+def _open(data: bytes) -> Image.Image:
+    if data[:3] == b"\xff\xd8\xff":
+        # JPEGs are opened by their own factory, as Image.open would, but without its size check:
+        # that one counts full-size pixels, and a draft decodes an eighth of the side.
+        try:
+            return JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+        except SyntaxError:
+            raise ImageError("not an image") from None
+    return Image.open(io.BytesIO(data), formats=FORMATS)
+
+
+def check_decoded_size(img: Image.Image) -> None:
+    """Refuse, from the header, an image whose decoded pixels would be too many or too large."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"too large: {w}x{h} pixels > {MAX_PIXELS}")
+    if w * h * _BYTES_PER_PIXEL.get(img.mode, 4) > MAX_DECODED_BYTES:
+        raise ImageError(f"too large: {w}x{h} {img.mode} pixels take more than {MAX_DECODED_BYTES // 2**20} MiB")
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (ImageOps.exif_transpose's table).
+
+    Not exif_transpose itself: it re-encodes the EXIF block, and raises on tags of a type other
+    than the standard's, which cameras and editors write. EXIF that does not parse is ignored.
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        return img
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -74,18 +140,54 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-class EvalPreset:
-    """Image bytes -> uint8 (3, S, S): resize the short side to S*342/299, center-crop S."""
+def check_geometry(geometry: str) -> None:
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry {geometry!r}: expected one of {', '.join(GEOMETRIES)}")
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
+
+def frame(img: Image.Image, size: int, geometry: str, box: tuple[float, ...] | None = None, fill=MEAN_COLOUR) -> Image.Image:
+    """The region `box` (left, top, right, bottom; default the whole image) as a size x size image.
+
+    "pad" fits the region inside the square and fills the rest with `fill`; "squash" and "crop"
+    stretch it over the square (crop's boxes are square already). One Pillow resize reads only the
+    box, so nothing larger than the output is allocated, whatever the image's shape.
+    """
+    box = box or (0, 0, img.width, img.height)
+    if geometry != "pad":
+        return img.resize((size, size), Image.BILINEAR, box=box)
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    w, h = max(1, round(bw * size / max(bw, bh))), max(1, round(bh * size / max(bw, bh)))
+    canvas = Image.new(img.mode, (size, size), fill)
+    canvas.paste(img.resize((w, h), Image.BILINEAR, box=box), ((size - w) // 2, (size - h) // 2))
+    return canvas
+
+
+def center_crop_box(width: int, height: int, size: int, resize_size: int) -> tuple[float, float, float, float]:
+    """The region that resizing the short side to `resize_size` and center-cropping `size` keeps,
+    in source pixels: torchvision's Resize + CenterCrop rounding, so the pixels match theirs."""
+    short, long = min(width, height), max(width, height)
+    resized_long = int(resize_size * long / short)
+    rw, rh = (resize_size, resized_long) if width <= height else (resized_long, resize_size)
+    top, left = int(round((rh - size) / 2)), int(round((rw - size) / 2))
+    sx, sy = width / rw, height / rh
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+class EvalPreset:
+    """Image bytes -> uint8 (3, S, S) by the geometry: center crop (short side to S*342/299 first),
+    the whole picture padded to a square, or the whole picture squashed to it."""
+
+    def __init__(self, image_size: int, geometry: str = DEFAULT_GEOMETRY):
+        check_geometry(geometry)
+        self.image_size, self.geometry = image_size, geometry
         self.resize_size = round(image_size * RESIZE_RATIO)
-        self.transforms = T.Compose(
-            [T.Resize(self.resize_size, antialias=True), T.CenterCrop(image_size), T.PILToTensor()]
-        )
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return self.transforms(decode_image(data, draft_size=self.resize_size))
+        with image_errors():
+            img = decode_image(data, draft_size=self.resize_size)
+            s = self.image_size
+            box = center_crop_box(img.width, img.height, s, self.resize_size) if self.geometry == "crop" else None
+            return torch.from_numpy(np.asarray(frame(img, s, self.geometry, box)).transpose(2, 0, 1).copy())
 
 
 AUGMENTATIONS = ("basic", "real")
@@ -100,20 +202,27 @@ class TrainPreset:
     pasting (`degrade`), the artefacts of cameras and the web that renders lack: blur, sensor
     noise and JPEG compression. With a mask, `background_prob` of the images get their background
     replaced by a random one, so that no background pattern can stand in for the class.
+
+    The random crop matches the eval geometry: for "crop", a near-square region (aspect 3:4 to
+    4:3) stretched to the square, as torchvision's RandomResizedCrop; for "pad" and "squash", a
+    region of aspect 1:2 to 2:1 brought to the square as eval brings whole photos (letterboxed or
+    squashed), so the model sees in training what labeling will show it.
     """
 
-    def __init__(self, image_size: int, augment: str = "real", background_prob: float = 0.0):
+    CROP_SCALE = (0.64, 1.0)  # share of the image's area kept: the notebook's zoom 0.2
+
+    def __init__(self, image_size: int, augment: str = "real", background_prob: float = 0.0, geometry: str = DEFAULT_GEOMETRY):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment {augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
-        self.image_size, self.augment, self.background_prob = image_size, augment, background_prob
-        fill = tuple(round(255 * m) for m in IMAGENET_MEAN)  # out-of-image pixels: mean colour
+        check_geometry(geometry)
+        self.image_size, self.augment, self.background_prob, self.geometry = image_size, augment, background_prob, geometry
+        self.crop_ratio = (3 / 4, 4 / 3) if geometry == "crop" else (1 / 2, 2.0)
         jitter = 0.3 if augment == "basic" else 0.45
         self.transforms = T.Compose(
             [
                 # applied to the image and its mask alike; colour transforms leave masks alone
-                T.RandomResizedCrop(image_size, scale=(0.64, 1.0), antialias=True),  # zoom 0.2
                 T.RandomHorizontalFlip(),
-                T.RandomAffine(degrees=40, translate=(0.2, 0.2), shear=11.5, fill={Image.Image: fill, tv_tensors.Mask: 0}),
+                T.RandomAffine(degrees=40, translate=(0.2, 0.2), shear=11.5, fill={Image.Image: MEAN_COLOUR, tv_tensors.Mask: 0}),
                 # no hue jitter: on PIL it costs more than all the rest of this preset together
                 T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
                 *([T.RandomGrayscale(0.1)] if augment == "real" else []),
@@ -126,18 +235,27 @@ class TrainPreset:
         return torch.from_numpy(self.degrade(pixels.numpy(), np.random.default_rng()))
 
     def transform(self, data: bytes, mask: bytes | None = None, rng: np.random.Generator | None = None):
-        """(uint8 (3, S, S), float32 figure mask (S, S) in [0, 1] or None): everything but `degrade`."""
-        image = decode_image(data, draft_size=self.image_size)
-        if mask is None:
-            return self.transforms(image), None
-        figure = decode_mask(mask, image.size)
-        pixels, figure = self.transforms(image, tv_tensors.Mask(torch.from_numpy(figure.copy())[None]))
-        figure = figure[0].numpy().astype(np.float32) / 255.0
-        rng = rng or np.random.default_rng()
-        if rng.random() < self.background_prob:
-            background = random_background(self.image_size, rng)
-            pixels = torch.from_numpy(blend(pixels.numpy(), background, figure))
-        return pixels, figure
+        """(uint8 (3, S, S), float32 figure mask (S, S) in [0, 1] or None): everything but `degrade`.
+
+        Raises ImageError, whatever went wrong with this image (see `image_errors`).
+        """
+        with image_errors():
+            image = decode_image(data, draft_size=self.image_size)
+            top, left, h, w = transforms_v1.RandomResizedCrop.get_params(image, self.CROP_SCALE, self.crop_ratio)  # torch's RNG
+            framing = "squash" if self.geometry == "crop" else self.geometry
+            pixels = frame(image, self.image_size, framing, (left, top, left + w, top + h))
+            if mask is None:
+                return self.transforms(pixels), None
+            figure = decode_mask(mask)
+            sx, sy = figure.width / image.width, figure.height / image.height  # a mask may be stored at another size
+            figure = frame(figure, self.image_size, framing, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), fill=0)
+            pixels, figure = self.transforms(pixels, tv_tensors.Mask(torch.from_numpy(np.asarray(figure).copy())[None]))
+            figure = figure[0].numpy().astype(np.float32) / 255.0
+            rng = rng or np.random.default_rng()
+            if rng.random() < self.background_prob:
+                background = random_background(self.image_size, rng)
+                pixels = torch.from_numpy(blend(pixels.numpy(), background, figure))
+            return pixels, figure
 
     def degrade(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Camera and web artefacts on uint8 (3, S, S) ("real" only): blur, noise, JPEG, each at random."""
@@ -156,15 +274,15 @@ class TrainPreset:
         return np.asarray(image).transpose(2, 0, 1).copy()
 
 
-def decode_mask(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """A figure mask file (8-bit PNG, 255 = figure) -> uint8 (H, W) at the image's `size` (W, H)."""
+def decode_mask(data: bytes) -> Image.Image:
+    """A figure mask file (8-bit PNG, 255 = figure) -> an "L" image at its stored size."""
     try:
-        mask = Image.open(io.BytesIO(data)).convert("L")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"bad mask: {str(e).splitlines()[0]}") from None
-    if mask.size != size:
-        mask = mask.resize(size, Image.BILINEAR)
-    return np.asarray(mask)
+        with image_errors():
+            mask = Image.open(io.BytesIO(data), formats=("PNG",))
+            check_decoded_size(mask)
+            return mask.convert("L")
+    except ImageError as e:
+        raise ImageError(f"bad mask: {e}") from None
 
 
 def blend(pixels: np.ndarray, other: np.ndarray, figure: np.ndarray) -> np.ndarray:

@@ -85,8 +85,7 @@ class Location:
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
     def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as f:
-            return f.read()
+        return read_whole(self.fs, self.path)
 
     def write_bytes(self, data: bytes) -> None:
         """Write a file, creating its folder; the file appears whole or not at all on S3."""
@@ -94,6 +93,16 @@ class Location:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with self.fs.open_output_stream(self.path) as f:
             f.write(data)
+
+
+def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
+    """A file's bytes in one request after its size: on S3 a HEAD and one GET.
+
+    Not `open_input_stream(path).read()`: on S3 that fetches the object in 256 KB ranged GETs
+    (21 requests for a 5 MB photo, and 38 s for a 95 MB model package from a local S3 server).
+    """
+    with fs.open_input_file(path) as f:
+        return f.read()
 
 
 def locate(uri: str, s3_endpoint: str | None = None) -> Location:

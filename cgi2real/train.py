@@ -6,6 +6,7 @@
 """
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -22,22 +23,32 @@ from torch import nn
 
 from cgi2real.classes import composite_pairs
 from cgi2real.config import TrainConfig, from_dict
-from cgi2real.data import LabeledImages, class_weights, image_dataset, scan_labeled_dataset, stratified_split, training_dataset
+from cgi2real.data import (
+    PASTE_BATCH,
+    LabeledImages,
+    class_weights,
+    image_dataset,
+    reuse_split,
+    scan_labeled_dataset,
+    split_record,
+    stratified_split,
+    training_dataset,
+)
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import (
     WEIGHTS_FILE,
     check_image_size,
     check_unfreeze_from,
-    imagenet_state_dict,
     initial_model,
-    load_model_package,
     package_config,
+    read_starting_weights,
     save_model_package,
     set_train_mode,
     set_trainable,
 )
-from cgi2real.presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, normalize
-from cgi2real.storage import first_line, locate
+from cgi2real.presets import AUGMENTATIONS, GEOMETRIES, IMAGENET_MEAN, IMAGENET_STD, LEGACY_GEOMETRY, EvalPreset, TrainPreset
+from cgi2real.runtime import autocast, check_local_paths, model_input, start_ray
+from cgi2real.storage import first_line, locate, read_whole
 
 AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper
 
@@ -122,21 +133,6 @@ class Tally:
         return EpochStats(self.k, float(self.loss_sum), n, self.seen - n, time.perf_counter() - self.start, confusion)
 
 
-def model_input(batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch -> (normalized images, labels, ok mask) on `device`; channels_last on GPU."""
-    images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch["label"].to(device, non_blocking=True).long()
-    mask = batch["ok"].to(device, non_blocking=True).bool()
-    return images, labels, mask
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; a no-op on CPU (bf16 matmuls are slow on most CPUs)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def train_one_epoch(
     model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batches, device: torch.device,
     mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -190,6 +186,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, stage: str):
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
+SPLIT_JSON = "split.json"  # which files of each root were held out; a resumed run keeps it
 
 
 def write_checkpoint(folder: str, model: nn.Module, optimizer, scheduler, state: dict) -> None:
@@ -234,8 +231,45 @@ def read_checkpoint(folder: str) -> tuple[dict, dict, dict]:
 # --- The Ray Train worker ----------------------------------------------------------------------
 
 
+class UnreadableImages(RuntimeError):
+    """Too many images of an epoch could not be read: on a cluster, usually local paths that its nodes cannot see."""
+
+
+def check_readable(stats: "EpochStats", split: str, epoch: int, limit: float) -> None:
+    """Abort the run when more than `limit` of an epoch's images could not be read or decoded.
+
+    A few broken files are skipped and counted; a large share means the data is not there (a
+    local folder on another node, a revoked credential), and a model trained on the rest would
+    be exported as if nothing had happened.
+    """
+    total = stats.n + stats.bad
+    if total and stats.bad > limit * total:
+        raise UnreadableImages(
+            f"{stats.bad} of {total} {split} images of epoch {epoch} could not be read or decoded (more than {limit:.0%}, --max-unreadable); "
+            "check that every node can read the data: on a cluster, use s3:// or a shared file system"
+        )
+
+
+LOSS_CAP = 100.0  # a validation loss above this (or NaN) scores as this
+
+
+def checkpoint_score(val_acc: float, val_loss: float) -> float:
+    """One number that ranks checkpoints by validation accuracy, ties going to the lower loss.
+
+    Ray keeps the best checkpoints by a single metric. Accuracies differ by at least 1/n; the loss,
+    capped, moves the score by under 1e-8, so it only ever breaks ties.
+    """
+    loss = val_loss if math.isfinite(val_loss) else LOSS_CAP
+    return val_acc - min(loss, LOSS_CAP) * 1e-10
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker: config = {"cfg": asdict(TrainConfig), "class_weights": [...]}."""
+    """Runs on every Ray Train worker.
+
+    config = {"cfg": asdict(TrainConfig), "class_weights": [...], "split": the held-out split (or None),
+    "start": (package config or None, ObjectRef of the starting safetensors bytes, or None)}.
+    """
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -247,7 +281,9 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed)
 
-    model = initial_model(cfg.weights, list(cfg.classes), cfg.image_size, cfg.s3_endpoint)
+    start_config, start_ref = config["start"]
+    start_bytes = ray.get(start_ref) if start_ref is not None else None  # read once by the driver, shared by every worker
+    model = initial_model(cfg.weights, list(cfg.classes), cfg.image_size, start_bytes, start_config)
     weights = torch.tensor(config["class_weights"]) if cfg.class_weighting else None
     loss_fn = MaskedCrossEntropy(weights, cfg.label_smoothing).to(device)
 
@@ -283,17 +319,22 @@ def train_loop_per_worker(config: dict) -> None:
         # drop_last: a 1-image batch breaks BatchNorm; shards are equal, so all workers drop alike
         train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True, local_shuffle_buffer_size=2 * cfg.batch_size)
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
+        check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)
         scheduler.step()
         val_stats = reduce_stats(evaluate(model, loss_fn, val_shard.iter_torch_batches(**batch_args), device), device)
+        check_readable(val_stats, "validation", epoch + 1, cfg.max_unreadable)
         metrics = epoch_metrics(epoch, cfg.epochs, stage, lr, trainable, train_stats, val_stats)
         history.append(metrics)
         state = {
             "epoch": epoch, "stage": stage, "history": history, "config": config["cfg"],
-            "package": package_config(model, list(cfg.classes), cfg.image_size),
+            "package": package_config(model, list(cfg.classes), cfg.image_size, cfg.geometry),
         }
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 write_checkpoint(folder, model, optimizer, scheduler, state)
+                if config["split"] is not None:
+                    with open(os.path.join(folder, SPLIT_JSON), "w") as f:
+                        json.dump(config["split"], f)
                 _say(format_epoch(metrics))
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
@@ -330,6 +371,7 @@ def epoch_metrics(epoch, epochs, stage, lr, trainable, train: EpochStats, val: E
         "val_loss": val.loss,
         "val_acc": val.accuracy,
         "val_balanced_acc": val.balanced_accuracy,
+        "checkpoint_score": checkpoint_score(val.accuracy, val.loss),
         "img_per_s": train.images_per_second,
         "seconds": train.seconds + val.seconds,
         "bad_images": train.bad + val.bad,
@@ -362,29 +404,37 @@ class TrainingData:
     """What one run trains and validates on: per root, its images, weight and held-out part."""
 
     train: list[LabeledImages]  # one per --data root
-    val: list[LabeledImages]  # one per root (its split), or the one --val dataset
+    val: list[LabeledImages]  # one per root (its held-out split), or the one --val dataset
     weights: list[float]  # per training root: times each image is drawn per epoch
+    held_out: bool = True  # val is split off the roots (False: a separate --val dataset)
+    notes: list[str] = field(default_factory=list)  # what resuming found changed in the data
 
-    def per_epoch(self, paste_prob: float = 0.0) -> dict[str, float]:
-        """Expected images per class in one epoch: drawn, then relabeled by pasting (horse + human -> both).
+    def per_epoch(self, paste_prob: float = 0.0, batch_size: int = PASTE_BATCH) -> dict[str, float]:
+        """Expected images per class in one epoch: drawn, then relabeled by the pasting that can happen.
 
-        The loss's class weights come from these, so that pasting cannot flood the loss with `both`.
+        An image of a recipient class (horse) becomes the composite (both) with `paste_prob` times
+        the chance that its batch of `batch_size` rows holds a masked figure of the donor class
+        (human) to paste in: without masks there is no pasting. The loss's class weights come from
+        these counts, so they follow the labels the loss will actually see.
         """
         classes = self.train[0].classes
-        totals = {c: 0.0 for c in classes}
+        drawn, donors = dict.fromkeys(classes, 0.0), dict.fromkeys(classes, 0.0)
         for images, weight in zip(self.train, self.weights):
             for name, n in images.class_counts().items():
-                totals[name] += weight * n
-        before = dict(totals)
-        for (recipient, _), result in composite_pairs(classes).items():
-            moved = paste_prob * before[classes[recipient]]
+                drawn[name] += weight * n
+            for name, n in images.class_counts(masked_only=True).items():
+                donors[name] += weight * n
+        total, totals = sum(drawn.values()), dict(drawn)
+        for (recipient, donor), result in composite_pairs(classes).items():
+            share = donors[classes[donor]] / total if total else 0.0  # of a batch's other rows, on average
+            moved = paste_prob * drawn[classes[recipient]] * (1 - (1 - share) ** (batch_size - 1))
             totals[classes[recipient]] -= moved
             totals[classes[result]] += moved
         return totals
 
     def counts(self) -> dict:
         """Class counts for the package summary: totals and per root (with weight and masks)."""
-        val_by_root = self.val if len(self.val) == len(self.train) else [None] * len(self.train)
+        val_by_root = self.val if self.held_out else [None] * len(self.train)
         return {
             "train": _sum_counts(self.train),
             "val": _sum_counts(self.val),
@@ -395,6 +445,10 @@ class TrainingData:
             ],
         }
 
+    def split(self) -> dict | None:
+        """The held-out split as a checkpoint keeps it (None with a separate --val dataset)."""
+        return {"roots": [split_record(t, v) for t, v in zip(self.train, self.val)]} if self.held_out else None
+
 
 def _sum_counts(parts: list[LabeledImages]) -> dict[str, int]:
     totals: dict[str, int] = {}
@@ -404,8 +458,8 @@ def _sum_counts(parts: list[LabeledImages]) -> dict[str, int]:
     return totals
 
 
-def prepare_inputs(cfg: TrainConfig) -> TrainingData:
-    """Validate everything cheap before starting Ray: sizes, datasets, split, weights, --out."""
+def check_options(cfg: TrainConfig) -> None:
+    """Refuse out-of-range settings, before anything is read."""
     check_image_size(cfg.image_size)
     check_unfreeze_from(cfg.unfreeze_from)
     if cfg.epochs_head < 0 or cfg.epochs_finetune < 0 or cfg.epochs < 1:
@@ -414,25 +468,45 @@ def prepare_inputs(cfg: TrainConfig) -> TrainingData:
         raise InputError("--batch-size and --workers must be >= 1, --max-failures >= -1")
     if cfg.augment not in AUGMENTATIONS:
         raise InputError(f"--augment {cfg.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
-    for name in ("background_prob", "paste_prob"):
+    if cfg.geometry not in GEOMETRIES:
+        raise InputError(f"--geometry {cfg.geometry!r}: expected one of {', '.join(GEOMETRIES)}")
+    for name in ("background_prob", "paste_prob", "max_unreadable"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
         raise InputError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not cfg.data:
         raise InputError("give at least one --data dataset to train on")
+
+
+def prepare_inputs(cfg: TrainConfig, split: dict | None = None) -> TrainingData:
+    """Validate everything cheap before starting Ray: settings, datasets, split, weights, --out.
+
+    `split` is a resumed run's held-out split (`TrainingData.split`): its validation files stay
+    held out, files added since go to training only, and a validation file that is gone is refused.
+    """
+    check_options(cfg)
     weights = list(cfg.data_weights) if cfg.data_weights else [1.0] * len(cfg.data)
     if len(weights) != len(cfg.data) or min(weights) < 0 or max(weights) <= 0:
         raise InputError(
             f"--data-weights needs one weight >= 0 per --data root ({len(cfg.data)}), not all 0; got {','.join(map(str, weights))}"
         )
     roots = [scan_labeled_dataset(uri, cfg.classes, cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
+    notes = []
     if cfg.val:
-        train, val = roots, [scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)]
+        data = TrainingData(roots, [scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)], weights, held_out=False)
+    elif split is not None:
+        kept = [reuse_split(images, record) for images, record in zip(roots, split["roots"])]
+        new, gone = sum(k.new for k in kept), sum(k.gone for k in kept)
+        notes.append(f"kept the run's validation split ({sum(len(k.val) for k in kept)} images)")
+        if new:
+            notes.append(f"{new} file(s) added since the run started go to training only")
+        if gone:
+            notes.append(f"{gone} training file(s) of the run are gone")
+        data = TrainingData([k.train for k in kept], [k.val for k in kept], weights, notes=notes)
     else:
         splits = [stratified_split(images, cfg.val_fraction, cfg.seed) for images in roots]
-        train, val = [t for t, _ in splits], [v for _, v in splits]
-    data = TrainingData(train, val, weights)
+        data = TrainingData([t for t, _ in splits], [v for _, v in splits], weights)
     drawn = data.per_epoch()
     missing = [name for name, n in drawn.items() if n == 0]
     if missing:
@@ -443,32 +517,12 @@ def prepare_inputs(cfg: TrainConfig) -> TrainingData:
             f"{round(sum(drawn.values()))} training images per epoch are fewer than --batch-size {cfg.batch_size} x --workers {cfg.workers}: "
             "lower them or add images"
         )
-    if sum(len(v) for v in val) == 0:
+    if sum(len(v) for v in data.val) == 0:
         raise InputError(f"no validation images: give --val DIR or more images per class than {max(_sum_counts(roots).values())}")
-    if cfg.weights == "imagenet":
-        imagenet_state_dict()  # fails fast, with the message, when the weights cannot be had
-    elif cfg.weights != "none":
-        load_model_package(cfg.weights, cfg.s3_endpoint)
     out = locate(cfg.out, cfg.s3_endpoint)
     if out.scheme == "s3" and not locate(f"s3://{out.path.split('/')[0]}", cfg.s3_endpoint).exists():
         raise InputError(f"bucket of --out {out.uri} does not exist")
     return data
-
-
-def start_ray(min_cpus: int) -> None:
-    """Join the cluster in RAY_ADDRESS (as Ray jobs do), or start a local instance of at least `min_cpus` CPUs.
-
-    The local instance keeps its dashboard: Ray Train's placement-group cleaner asks the State
-    API, which the dashboard serves, every few seconds.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
 def run(cfg: TrainConfig) -> TrainSummary:
@@ -478,9 +532,14 @@ def run(cfg: TrainConfig) -> TrainSummary:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    data = prepare_inputs(cfg)
+    check_options(cfg)
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
+    latest = latest_checkpoint(storage.child(name))
+    if latest is not None:
+        check_resumable(latest, storage.child(name), cfg)
+    data = prepare_inputs(cfg, read_checkpoint_json(latest, SPLIT_JSON) if latest is not None else None)
+    start_config, start_bytes = read_starting_weights(cfg.weights, cfg.s3_endpoint)  # fails fast, with the message
     counts = data.counts()
     drawn = {c: round(n) for c, n in data.per_epoch().items()}
     pasted = {c: round(n) for c, n in data.per_epoch(cfg.paste_prob).items()}
@@ -491,9 +550,15 @@ def run(cfg: TrainConfig) -> TrainSummary:
     after = f"; after pasting about {_counts_text(pasted)}" if pasted != drawn else ""
     print(f"training on {sum(drawn.values())} images per epoch ({_counts_text(drawn)}{after}), validating on {sum(counts['val'].values())}")
     print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
+    for note in data.notes:
+        print(f"resuming: {note}")
 
-    check_resumable(storage.child(name), cfg)
     start_ray(min_cpus=cfg.workers + 1)  # a CPU beyond the workers' for decoding
+    inputs = [("DATA", images) for images in data.train] + ([("--val", data.val[0])] if cfg.val else [])
+    check_local_paths(
+        {f"{option} {images.root.uri}": images.paths[0] for option, images in inputs if images.root.scheme == "file" and images.paths},
+        {"--out": locate(cfg.out, cfg.s3_endpoint), "--storage": storage},
+    )
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
     if use_gpu and gpus < cfg.workers and not os.environ.get("RAY_ADDRESS"):
@@ -501,20 +566,18 @@ def run(cfg: TrainConfig) -> TrainSummary:
         raise InputError(f"--gpu with {cfg.workers} worker(s) needs as many GPUs; this machine has {int(gpus)}")
     data_context = ray.data.DataContext.get_current()  # one line per epoch instead of Ray Data's bars
     data_context.enable_progress_bars = data_context.print_on_execution_start = False
-    datasets = {
-        "train": training_dataset(data.train, TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob), data.weights, cfg.paste_prob, cfg.seed),
-        "val": image_dataset(data.val, EvalPreset(cfg.image_size)).materialize(),
-    }
+    datasets = training_datasets(data, cfg)
+    start = (start_config, ray.put(start_bytes) if start_bytes is not None else None)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "class_weights": list(weights.values())},
+        train_loop_config={"cfg": asdict(cfg), "class_weights": list(weights.values()), "split": data.split(), "start": start},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage.path,
             storage_filesystem=storage.fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
+            checkpoint_config=checkpoint_config(),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
@@ -522,28 +585,59 @@ def run(cfg: TrainConfig) -> TrainSummary:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise RunFailed(f"training failed: {first_line(e)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
+        raise RunFailed(f"training failed: {failure_reason(e)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
     return export_best(result, cfg, counts, weights, use_gpu)
 
 
+def training_datasets(data: TrainingData, cfg: TrainConfig) -> dict:
+    """The Ray Datasets of a run; both are streamed every epoch: nothing is decoded ahead and held."""
+    train_preset = TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob, cfg.geometry)
+    return {
+        "train": training_dataset(data.train, train_preset, data.weights, cfg.paste_prob),
+        "val": image_dataset(data.val, EvalPreset(cfg.image_size, cfg.geometry)),
+    }
+
+
+def checkpoint_config():
+    import ray.train
+
+    # The two best epochs by accuracy, then loss (`checkpoint_score`); Ray also keeps the latest.
+    return ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max")
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong: our own workers' reason (too many unreadable images) rather than Ray's wrapper around it."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the worker's exception as its cause
+        if isinstance(cause, UnreadableImages):
+            return str(cause)
+    return first_line(error)
+
+
 # Settings that may change when a run resumes; any other difference would corrupt it.
-RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "storage", "name", "max_failures", "s3_endpoint"})
+RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "storage", "name", "max_failures", "max_unreadable", "s3_endpoint"})
+# What a run checkpointed before a setting existed did instead (compared when resuming it).
+LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY}
 
 
-def check_resumable(run_folder, cfg: TrainConfig) -> None:
-    """Refuse to resume a run whose latest checkpoint was made with other training settings."""
+def latest_checkpoint(run_folder):
+    """The newest checkpoint of a Ray Train run folder, or None (no folder, or nothing checkpointed yet)."""
     from ray.train import Result
 
     if not run_folder.exists():
-        return
+        return None
     try:
-        latest = Result.from_path(run_folder.path, storage_filesystem=run_folder.fs).checkpoint
+        return Result.from_path(run_folder.path, storage_filesystem=run_folder.fs).checkpoint
     except RuntimeError:  # a folder without a checkpoint snapshot: nothing to resume
-        return
-    if latest is None:
-        return
-    previous = _checkpoint_file(latest, TRAIN_STATE_JSON, json.loads)["config"]
-    changed = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and _jsonable(v) != previous.get(k))
+        return None
+
+
+def check_resumable(latest, run_folder, cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose latest checkpoint was made with other training settings."""
+    previous = read_checkpoint_json(latest, TRAIN_STATE_JSON)["config"]
+    changed = sorted(
+        k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and _jsonable(v) != previous.get(k, LEGACY_SETTINGS.get(k))
+    )
     if changed:
         raise InputError(
             f"run {run_folder.uri} was started with other settings ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in changed)}); "
@@ -551,19 +645,31 @@ def check_resumable(run_folder, cfg: TrainConfig) -> None:
         )
 
 
+def read_checkpoint_json(checkpoint, name: str):
+    """One JSON file of a Ray checkpoint, read where it is stored (None if it has no such file)."""
+    try:
+        return _checkpoint_file(checkpoint, name, json.loads)
+    except FileNotFoundError:
+        return None
+
+
 def _checkpoint_file(checkpoint, name: str, parse):
     """One file of a Ray checkpoint, read where it is stored (no download of the whole folder)."""
-    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
-        return parse(f.read())
+    return parse(read_whole(checkpoint.filesystem, f"{checkpoint.path}/{name}"))
 
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
+def pick_best(result) -> tuple:
+    """(checkpoint, metrics) of the best epoch by validation accuracy, ties to the lower loss, among those Ray kept."""
+    return max(result.best_checkpoints, key=lambda cm: (cm[1]["val_acc"], -cm[1]["val_loss"]))
+
+
 def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: bool) -> TrainSummary:
     """Write the best-by-validation checkpoint (accuracy, then loss) as the model package."""
-    best_checkpoint, best = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_acc"], -cm[1]["val_loss"]))
+    best_checkpoint, best = pick_best(result)
     history = _checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
     package = _checkpoint_file(best_checkpoint, TRAIN_STATE_JSON, json.loads)["package"]
     state_dict = _checkpoint_file(best_checkpoint, WEIGHTS_FILE, load_safetensors)

@@ -1,11 +1,14 @@
 """Shared fixtures: generated class-folder images, a moto S3 server on loopback, one Ray per module."""
 
+import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 
@@ -42,13 +45,33 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
+def s3_request_log(tmp_path_factory):
+    """The access log of the moto server: one line per HTTP request it answered."""
+    return tmp_path_factory.mktemp("moto") / "requests.log"
+
+
+@contextlib.contextmanager
+def s3_requests(log):
+    """Counts, by HTTP method, of the requests the S3 server answered inside the block."""
+    counts: Counter = Counter()
+    before = len(log.read_text().splitlines())
+    yield counts
+    time.sleep(0.3)  # the server writes its log line after answering
+    for line in log.read_text().splitlines()[before:]:
+        method = re.search(r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|POST|DELETE) ', line)
+        if method:
+            counts[method.group(1)] += 1
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_request_log):
     """A real S3 API (moto in server mode) on 127.0.0.1; yields its endpoint URL."""
     port = _free_port()
     os.environ.update(S3_ENV)
+    log = open(s3_request_log, "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=log, stderr=log,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -64,6 +87,7 @@ def s3_endpoint():
     yield endpoint
     server.terminate()
     server.wait(timeout=10)
+    log.close()
 
 
 @pytest.fixture(scope="session")

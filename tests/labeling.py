@@ -12,7 +12,7 @@ from PIL import Image
 from cgi2real.classes import DEFAULT_CLASSES, is_image_name
 from cgi2real.data import MASKS_FOLDER
 from cgi2real.model import build_model, load_model_package, package_config, save_model_package
-from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
+from cgi2real.presets import DEFAULT_GEOMETRY, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
 
 
 def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 0) -> str:
@@ -35,7 +35,7 @@ def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 
     with torch.no_grad():
         model(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
     model.eval()
-    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), image_size), out)
+    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), image_size, DEFAULT_GEOMETRY), out)
     return out
 
 
@@ -49,7 +49,7 @@ def image_files(folder: str) -> list[str]:
 def direct_probabilities(package_dir: str, paths: list[str]) -> dict[str, np.ndarray | None]:
     """Each file predicted on its own, batch of one, without Ray (None: not decodable)."""
     package = load_model_package(package_dir)
-    preset = EvalPreset(package.image_size)
+    preset = package.eval_preset()
     result = {}
     for path in paths:
         try:

@@ -129,6 +129,19 @@ def test_label_refuses_bad_input_before_starting_ray(package, image_root, tmp_pa
     assert not ray.is_initialized()
 
 
+def test_a_second_label_run_into_a_table_being_written_is_refused(package, image_root, tmp_path):
+    import ray
+
+    from cgi2real.label import TableLease
+    from cgi2real.storage import locate
+
+    with TableLease(locate(str(tmp_path / "labels")), "the-first-run"):
+        result = run("label", image_root(), "--model", package, "--out", tmp_path / "labels", "--force")
+        assert_one_line_error(result, "is being written by run the-first-run", "wait for it to finish")
+    assert not ray.is_initialized()
+    assert os.listdir(tmp_path / "labels") == []  # the first run's lease is gone with it; nothing else was touched
+
+
 def test_label_bad_s3_endpoint_and_missing_bucket(package, image_root, s3_endpoint, tmp_path):
     assert_one_line_error(run("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9"), "cannot reach s3://b/photos")
     assert_one_line_error(run("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint), "cannot write the label table")

@@ -1,25 +1,29 @@
 """Batch labeling: the model actor and table writer alone, then whole runs on Ray (local and S3)."""
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 from typer.testing import CliRunner
 
 from cgi2real.cli import app
 from cgi2real.data import read_image
 from cgi2real.errors import InputError
-from cgi2real.label import Labeler, LabelTable, TableWriter, to_table
+from cgi2real.label import Labeler, LabelTable, LeaseLost, TableLease, TableWriter, to_table
 from cgi2real.model import read_model_package
 from cgi2real.presets import EvalPreset
-from cgi2real.storage import locate, s3_filesystem
+from cgi2real.storage import Location, locate, s3_filesystem
 from tests.conftest import upload_folder
 from tests.labeling import direct_probabilities, image_files, make_package, write_zoo
 
@@ -109,13 +113,83 @@ def test_table_writer_commits_whole_files_and_never_duplicates_a_path(tmp_path, 
 def test_table_refuses_foreign_files_and_clears_leftovers(tmp_path):
     folder = tmp_path / "t"
     folder.mkdir()
-    (folder / "_tmp-part-x.parquet").write_bytes(b"half a file")
+    (folder / "_tmp-part-x.parquet").write_bytes(b"half a file")  # named as before 0.1.0's fix
+    (folder / "_tmp-part-y.parquet.tmp").write_bytes(b"half a file")
+    LabelTable(locate(str(folder))).check()
     LabelTable(locate(str(folder))).prepare(overwrite=False)
-    assert os.listdir(folder) == []  # an interrupted run's temp file is gone
+    assert os.listdir(folder) == []  # an interrupted run's temp files are gone
     (folder / "mine.csv").write_text("a,b\n")
     with pytest.raises(InputError, match="not a label table"):
-        LabelTable(locate(str(folder))).prepare(overwrite=True)
+        LabelTable(locate(str(folder))).check()
     assert (folder / "mine.csv").exists()
+
+
+class _CrashBeforeRename(LocalFileSystem):
+    """A local file system on which the rename that commits a file never happens (a kill at that moment)."""
+
+    def mv(self, *args, **kwargs):
+        raise OSError("killed before the rename")
+
+
+def test_a_crash_mid_commit_leaves_nothing_a_parquet_glob_reads(tmp_path, package, source):
+    import duckdb
+
+    folder = tmp_path / "t"
+    output = Labeler(*read_model_package(package))(batch_of(image_files(source[0])[:6]))
+    rows = to_table(list(output["path"]), output["probs"], [None] * 6, output["labeled_at"], CLASSES, "m1")
+    LabelTable(locate(str(folder))).commit(rows)
+    crashing = LabelTable(Location(pafs.PyFileSystem(pafs.FSSpecHandler(_CrashBeforeRename())), str(folder), "file"))
+    with pytest.raises(OSError, match="killed"):
+        crashing.commit(rows)
+    assert len(os.listdir(folder)) == 2  # the committed file and the crash's leftover
+    assert duckdb.sql(f"select count(*) from '{folder}/*.parquet'").fetchall() == [(6,)]
+    assert pq.read_table(folder).num_rows == 6
+
+
+def test_a_second_writer_is_refused_while_the_lease_is_renewed(tmp_path):
+    folder = locate(str(tmp_path / "t"))
+    with TableLease(folder, "run-a", heartbeat_seconds=0.05) as first:
+        with pytest.raises(InputError, match=r"is being written by run run-a \(host .*, pid \d+\), lease renewed 0 s ago"):
+            TableLease(folder, "run-b", force=True).acquire()  # --force does not break a live lease
+        time.sleep(0.3)
+        assert json.loads((tmp_path / "t" / "_lease.json").read_text())["heartbeat"] > time.time() - 0.25  # renewed
+        first.check_held()
+    assert not (tmp_path / "t" / "_lease.json").exists()  # released at the end of the run
+    with TableLease(folder, "run-b"):
+        pass
+
+
+def test_a_stale_lease_needs_force_and_a_dead_local_process_none(tmp_path, capsys):
+    folder = locate(str(tmp_path / "t"))
+    (tmp_path / "t").mkdir()
+    lease = tmp_path / "t" / "_lease.json"
+    lease.write_text(json.dumps({"run": "run-a", "host": "another-host", "pid": 1, "heartbeat": time.time() - 600}))
+    with pytest.raises(InputError, match="not renewed for 600 s: if that run is dead, pass --force"):
+        TableLease(folder, "run-b").acquire()
+    TableLease(folder, "run-b", force=True).acquire()
+    assert json.loads(lease.read_text())["run"] == "run-b" and "breaking the table's lease held by run run-a" in capsys.readouterr().out
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    lease.write_text(json.dumps({"run": "run-c", "host": socket.gethostname(), "pid": int(dead), "heartbeat": time.time()}))
+    TableLease(folder, "run-d").acquire()  # fresh, but its process on this host is gone
+    assert json.loads(lease.read_text())["run"] == "run-d"
+
+
+def test_a_run_whose_lease_was_taken_over_stops_writing(tmp_path, package, source):
+    folder = locate(str(tmp_path / "t"))
+    output = Labeler(*read_model_package(package))(batch_of(image_files(source[0])[:2]))
+    rows = to_table(list(output["path"]), output["probs"], [None] * 2, output["labeled_at"], CLASSES, "m1")
+    table = LabelTable(folder)
+    with TableLease(folder, table.run_id, heartbeat_seconds=0.05) as lease:
+        table.lease = lease
+        table.commit(rows)
+        TableLease(folder, "run-b", force=True, stale_seconds=0).acquire()  # the user believed the first run dead
+        deadline = time.monotonic() + 10
+        while lease.taken_by is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(LeaseLost, match="run run-b took over"):
+            table.commit(rows)
+    assert json.loads((tmp_path / "t" / "_lease.json").read_text())["run"] == "run-b"  # not deleted by the loser
+    assert pq.read_table(str(tmp_path / "t")).num_rows == 2
 
 
 def test_to_table_follows_the_contract():

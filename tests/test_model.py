@@ -13,6 +13,7 @@ from cgi2real.model import (
     BLOCKS,
     build_model,
     initial_model,
+    read_starting_weights,
     load_model_package,
     package_config,
     save_model_package,
@@ -75,7 +76,7 @@ def test_frozen_batchnorm_stays_in_eval_mode(small_model):
 
 
 def save(model, uri, classes=CLASSES, size=96, **kwargs):
-    return save_model_package(model.state_dict(), package_config(model, classes, size), uri, **kwargs)
+    return save_model_package(model.state_dict(), package_config(model, classes, size, "crop"), uri, **kwargs)
 
 
 def test_package_round_trip_gives_same_logits(small_model, tmp_path):
@@ -88,8 +89,20 @@ def test_package_round_trip_gives_same_logits(small_model, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), package.model(x))
     on_disk = json.loads((tmp_path / "pkg" / CONFIG_FILE).read_text())
-    for key in ("arch", "classes", "image_size", "mean", "std", "created_at", "cgi2real_version", "format_version"):
+    for key in ("arch", "classes", "image_size", "geometry", "mean", "std", "created_at", "cgi2real_version", "format_version"):
         assert key in on_disk
+
+
+def test_a_package_keeps_its_geometry_and_old_packages_center_crop(small_model, tmp_path):
+    config = save_model_package(small_model.state_dict(), package_config(small_model, CLASSES, 96, "pad"), str(tmp_path / "pad"))
+    package = load_model_package(str(tmp_path / "pad"))
+    assert config["format_version"] == 2 and package.geometry == "pad" and package.eval_preset().geometry == "pad"
+    old = {key: value for key, value in config.items() if key != "geometry"} | {"format_version": 1}  # as version 1 wrote it
+    (tmp_path / "pad" / CONFIG_FILE).write_text(json.dumps(old))
+    assert load_model_package(str(tmp_path / "pad")).eval_preset().geometry == "crop"
+    (tmp_path / "pad" / CONFIG_FILE).write_text(json.dumps({**config, "geometry": "fisheye"}))
+    with pytest.raises(InputError, match="geometry 'fisheye'; this cgi2real knows crop, pad, squash"):
+        load_model_package(str(tmp_path / "pad"))
 
 
 def test_package_round_trip_on_s3(small_model, s3_endpoint, bucket):
@@ -145,9 +158,10 @@ def test_refuses_weights_of_another_shape(small_model, tmp_path):
 
 def test_continue_from_package_keeps_backbone_and_head(small_model, tmp_path):
     save(small_model, str(tmp_path / "pkg"))
-    same = initial_model(str(tmp_path / "pkg"), CLASSES, 96)
+    config, data = read_starting_weights(str(tmp_path / "pkg"))
+    same = initial_model(str(tmp_path / "pkg"), CLASSES, 96, data, config)
     assert torch.equal(same.fc.weight, small_model.fc.weight)
-    other = initial_model(str(tmp_path / "pkg"), ["cat", "dog"], 96)
+    other = initial_model(str(tmp_path / "pkg"), ["cat", "dog"], 96, data, config)
     assert other.fc.out_features == 2
     assert torch.equal(other.Mixed_7c.branch1x1.conv.weight, small_model.Mixed_7c.branch1x1.conv.weight)
 

@@ -11,12 +11,13 @@ from PIL import Image
 
 from cgi2real.classes import DEFAULT_CLASSES, composite_pairs
 from cgi2real.config import TrainConfig
-from cgi2real.data import draw_rows, load_training_batch, scan_image_files, scan_labeled_dataset
+from cgi2real.data import PASTE_BATCH, LabeledImages, draw_rows, file_rows, load_training_batch, scan_image_files, scan_labeled_dataset
 from cgi2real.errors import InputError
 from cgi2real.evaluate import abstention, calibration, confusion_matrix, reliability_png
 from cgi2real.presets import TrainPreset, blend, paste_figures, random_background
 from cgi2real.synth.scenes import render_scene
-from cgi2real.train import prepare_inputs
+from cgi2real.storage import locate
+from cgi2real.train import TrainingData, prepare_inputs
 
 BOTH, HORSE, HUMAN = range(3)
 
@@ -157,8 +158,6 @@ def test_several_roots_weights_and_per_root_counts(image_root, tmp_path):
     cfg = TrainConfig(data=(synth, other), data_weights=(1.0, 0.4), out=str(tmp_path / "pkg"), weights="none", image_size=80, batch_size=4)
     data = prepare_inputs(cfg)
     assert data.per_epoch() == {"both": pytest.approx(8 + 0.4 * 4), "horse": pytest.approx(9.6), "human": pytest.approx(9.6)}
-    # pasting turns a quarter of the horse and human images into `both`; the loss weights follow
-    assert data.per_epoch(0.25) == {"both": pytest.approx(9.6 + 0.25 * 19.2), "horse": pytest.approx(7.2), "human": pytest.approx(7.2)}
     counts = data.counts()
     assert counts["train"] == {"both": 12, "horse": 12, "human": 12} and counts["val"] == {"both": 3, "horse": 3, "human": 3}
     assert [r["weight"] for r in counts["roots"]] == [1.0, 0.4]
@@ -197,3 +196,54 @@ def test_calibration_error_and_abstention_by_hand():
     assert perfect["ece"] == 0.0
     report = {"ece": fit["ece"], "n": 4, "calibration": fit["bins"]}
     assert Image.open(io.BytesIO(reliability_png(report, "toy"))).format == "PNG"
+
+
+def root_of(counts: dict[str, int], masked: dict[str, int], name: str) -> LabeledImages:
+    """A listed root (no files needed): `counts` images per class, the first `masked[c]` of each with a mask."""
+    paths, labels, masks = [], [], []
+    for label, name_ in enumerate(DEFAULT_CLASSES):
+        for i in range(counts.get(name_, 0)):
+            paths.append(f"/{name}/{name_}/{i}.jpg")
+            labels.append(label)
+            masks.append(f"/{name}/_masks/{name_}/{i}.png" if i < masked.get(name_, 0) else "")
+    return LabeledImages(locate("/"), DEFAULT_CLASSES, tuple(paths), tuple(labels), 0, tuple(masks))
+
+
+def simulated_labels(data: TrainingData, paste_prob: float, epochs: int = 60) -> dict[str, float]:
+    """The labels the loss sees per epoch, on average, made the way training makes them: rows drawn
+    by weight, shuffled, cut into batches of PASTE_BATCH, relabeled by `paste_figures` within each."""
+    rng = np.random.default_rng(0)
+    rows = file_rows(data.train, data.weights)
+    totals = np.zeros(len(DEFAULT_CLASSES))
+    for _ in range(epochs):
+        batch = {key: np.array([r[key] for r in rows], dtype=object) for key in ("label", "mask", "keep")}
+        drawn = draw_rows(batch)
+        order = rng.permutation(len(drawn["label"]))
+        for start in range(0, len(order), PASTE_BATCH):
+            pick = order[start:start + PASTE_BATCH]
+            labels = drawn["label"][pick].astype(np.int64)
+            figures = [np.ones((2, 2), np.float32) if m else None for m in drawn["mask"][pick]]
+            _, labels = paste_figures(np.zeros((len(pick), 3, 2, 2), np.uint8), labels, figures, composite_pairs(DEFAULT_CLASSES), paste_prob, rng)
+            totals += np.bincount(labels, minlength=len(DEFAULT_CLASSES))
+    return dict(zip(DEFAULT_CLASSES, totals / epochs))
+
+
+@pytest.mark.parametrize(
+    "roots",
+    [
+        # horse_or_human/train (no masks, no both) + a photo root with 26 `both` images: nothing can be pasted
+        [({"horse": 500, "human": 527}, {}, 1.0), ({"both": 26}, {}, 1.0)],
+        # rendered images with masks + unmasked photos drawn at half weight
+        [({"both": 200, "horse": 200, "human": 200}, {"both": 200, "horse": 200, "human": 200}, 1.0), ({"horse": 300, "human": 100}, {}, 0.5)],
+        # only a few masked horses: humans get a horse pasted in rarely, horses never a human
+        [({"horse": 400, "human": 400, "both": 50}, {"horse": 12}, 1.0)],
+    ],
+    ids=["no-masks", "mixed", "few-donors"],
+)
+def test_loss_weights_follow_the_pasting_that_can_happen(roots):
+    data = TrainingData([root_of(c, m, f"r{i}") for i, (c, m, _) in enumerate(roots)], [], [w for _, _, w in roots])
+    expected, simulated = data.per_epoch(0.25), simulated_labels(data, 0.25)
+    for name in DEFAULT_CLASSES:
+        assert simulated[name] == pytest.approx(expected[name], rel=0.05, abs=2), (name, expected, simulated)
+    if not any(m for _, m, _ in roots):
+        assert data.per_epoch(0.25) == data.per_epoch(0.0)  # the old weights put a quarter of horse and human into both

@@ -1,6 +1,10 @@
 """The plain-torch training pieces, without Ray: epochs, evaluation, loss, checkpoints."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import torch
 
 from cgi2real.config import TrainConfig
@@ -8,6 +12,9 @@ from cgi2real.model import build_model, set_trainable
 from cgi2real.train import (
     EpochStats,
     MaskedCrossEntropy,
+    UnreadableImages,
+    check_readable,
+    checkpoint_score,
     evaluate,
     make_optimizer,
     read_checkpoint,
@@ -120,3 +127,33 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
             assert torch.equal(before[index][key], after[index][key])
     for (k, v), (k2, v2) in zip(model.state_dict().items(), restored.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
+
+
+def test_checkpoint_score_orders_by_accuracy_then_loss():
+    scores = [checkpoint_score(a, l) for a, l in [(0.5, 0.70), (0.5, 0.90), (0.5, 0.80), (0.4, 0.10), (0.5 + 1 / 10**6, 50.0), (0.5, float("nan"))]]
+    assert sorted(range(6), key=lambda i: -scores[i]) == [4, 0, 2, 1, 5, 3]
+
+
+def test_an_epoch_with_too_many_unreadable_images_stops_the_run():
+    check_readable(EpochStats(3, n=95, bad=5), "training", 1, 0.05)  # 5 %: skipped and counted
+    with pytest.raises(UnreadableImages, match="6 of 100 validation images of epoch 2 could not be read"):
+        check_readable(EpochStats(3, n=94, bad=6), "validation", 2, 0.05)
+
+
+def test_a_run_checkpointed_before_geometry_existed_resumes_as_the_center_crop_it_was(tmp_path):
+    from dataclasses import asdict
+
+    import ray.train
+
+    from cgi2real.errors import InputError
+    from cgi2real.storage import locate
+    from cgi2real.train import TRAIN_STATE_JSON, check_resumable
+
+    cfg = TrainConfig(data=("/data",), out="/pkg", weights="none", image_size=80)
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("geometry", "max_unreadable")}  # as an older cgi2real stored it
+    (tmp_path / TRAIN_STATE_JSON).write_text(json.dumps({"config": old}))
+    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path))
+    check_resumable(checkpoint, locate(str(tmp_path)), replace(cfg, geometry="crop"))
+    for other in ("pad", "squash"):
+        with pytest.raises(InputError, match=r"started with other settings \(--geometry\)"):
+            check_resumable(checkpoint, locate(str(tmp_path)), replace(cfg, geometry=other))

@@ -2,17 +2,23 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from cgi2real.cli import app
+from cgi2real.config import TrainConfig
+from cgi2real.data import PASTE_BATCH, scan_labeled_dataset, training_rows
 from cgi2real.model import load_model_package
+from cgi2real.train import SPLIT_JSON, checkpoint_config, checkpoint_score, pick_best, prepare_inputs, training_datasets
 from tests.conftest import upload_folder
 
 pytestmark = pytest.mark.slow
@@ -88,10 +94,12 @@ def test_train_reads_and_writes_s3(ray_cluster, image_root, s3_endpoint, s3_clie
     assert any(k.endswith("epoch_0002/model.safetensors") for k in keys)
 
 
-def test_resume_after_a_kill_continues_from_the_checkpoint(image_root, tmp_path):
-    """Kill a real training process after its first checkpoint; the rerun picks up from there."""
+def test_resume_after_a_kill_continues_from_the_checkpoint_with_its_split(image_root, tmp_path):
+    """Kill a real training process after its first checkpoint; the rerun picks up from there, on the same split."""
+    data = tmp_path / "data"
+    shutil.copytree(image_root(24, 96), data)
     storage, out = tmp_path / "runs", tmp_path / "pkg"
-    command = [sys.executable, "-m", "cgi2real.cli", "train", image_root(24, 96), "--out", str(out), *SMALL,
+    command = [sys.executable, "-m", "cgi2real.cli", "train", str(data), "--out", str(out), *SMALL,
                "--epochs-head", "1", "--epochs-finetune", "2", "--unfreeze-from", "Mixed_7a",
                "--storage", str(storage), "--name", "resume-me"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -106,20 +114,29 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(image_root, tmp_path)
     first_output = first.communicate()[0]
     assert not out.exists(), "the first run finished before it was killed"
     assert "epoch 1/3" in first_output
+    split = json.loads((storage / "resume-me" / "epoch_0001" / SPLIT_JSON).read_text())["roots"][0]
 
+    shutil.copy(data / "horse" / "horse_000000.jpg", data / "horse" / "horse_new.jpg")  # a file added between the runs
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     log = second.stdout + second.stderr
     assert "resuming after epoch 1/3" in log
+    assert "resuming: kept the run's validation split (15 images)" in log and "1 file(s) added since the run started go to training only" in log
     assert "epoch 1/3" not in log.replace("resuming after epoch 1/3", "")
     assert "epoch 3/3" in log
-    history = load_model_package(str(out)).config["training"]["epochs"]
-    assert [e["epoch"] for e in history] == [1, 2, 3]
-    assert [e["stage"] for e in history] == ["head", "finetune", "finetune"]
+    package = load_model_package(str(out)).config["training"]
+    assert [e["epoch"] for e in package["epochs"]] == [1, 2, 3]
+    assert [e["stage"] for e in package["epochs"]] == ["head", "finetune", "finetune"]
+    assert package["class_counts"]["train"]["horse"] == 20 and package["class_counts"]["val"]["horse"] == 5
+    final = json.loads((storage / "resume-me" / "epoch_0003" / SPLIT_JSON).read_text())["roots"][0]
+    assert final["val"] == split["val"] and "horse/horse_new.jpg" in final["train"]
 
     changed = subprocess.run([*command, "--seed", "7"], capture_output=True, text=True, env=env, timeout=300)
     assert changed.returncode == 2
     assert "started with other settings (--seed)" in changed.stderr
+    os.remove(data / split["val"][0])
+    gone = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert gone.returncode == 2 and f"1 validation file(s) of the run are gone from {data} (e.g. {split['val'][0]})" in gone.stderr
 
 
 def test_gpu_requested_without_one_fails_with_one_line(ray_cluster, image_root, tmp_path):
@@ -142,3 +159,64 @@ def test_demo_runs_end_to_end_and_a_rerun_reuses_its_work(ray_cluster, tmp_path)
     assert "rendering" not in again and again.count("images already in") == 3  # the images were kept
     assert "30 already in" in again  # and labeled
     assert "resuming after epoch 1/1" in again and "epoch 1/1 [" not in again  # nothing retrained
+
+
+def test_training_rows_meet_new_batch_mates_every_epoch(ray_cluster, image_root):
+    images = scan_labeled_dataset(image_root(24, 96), ("both", "horse", "human"))
+    rows = training_rows([images], [1.0])
+
+    def mates() -> dict[str, set]:
+        found = {}
+        for batch in rows.iter_batches(batch_size=PASTE_BATCH):
+            for path in batch["path"]:
+                found[path] = set(batch["path"]) - {path}
+        return found
+
+    first, second = mates(), mates()
+    assert sorted(first) == sorted(second) == sorted(images.paths)  # every image once per epoch
+    overlap = np.mean([len(first[p] & second[p]) / max(len(first[p] | second[p]), 1) for p in first])
+    assert overlap < 0.4, f"an image kept {overlap:.0%} of its batch-mates"  # shuffled once, it kept most of them
+
+
+def test_the_validation_set_is_streamed_not_held(ray_cluster, image_root, tmp_path):
+    from ray.data.dataset import MaterializedDataset
+
+    cfg = TrainConfig(data=(image_root(24, 96),), out=str(tmp_path / "pkg"), weights="none", image_size=80)
+    datasets = training_datasets(prepare_inputs(cfg), cfg)
+    assert not any(isinstance(ds, MaterializedDataset) for ds in datasets.values())
+
+
+def _report_scripted_epochs(config: dict) -> None:
+    import ray.train
+
+    for epoch, (acc, loss) in enumerate(config["metrics"], start=1):
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+            metrics = {"epoch": epoch, "val_acc": acc, "val_loss": loss, "checkpoint_score": checkpoint_score(acc, loss)}
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
+def test_ties_in_accuracy_go_to_the_lower_loss_among_the_checkpoints_kept(ray_cluster, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _report_scripted_epochs,
+        train_loop_config={"metrics": [(0.5, 0.7), (0.5, 0.9), (0.5, 0.8), (0.4, 0.1)]},
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(name="scores", storage_path=str(tmp_path), checkpoint_config=checkpoint_config()),
+    )
+    best, metrics = pick_best(trainer.fit())
+    assert metrics["epoch"] == 1 and best.path.endswith("epoch_0001")
+
+
+def test_training_stops_when_too_many_images_cannot_be_read(ray_cluster, image_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(image_root(8, 96), data)
+    for path in sorted((data / "horse").glob("*.jpg"))[:3]:  # 3 of 24 images: about 12 % of an epoch
+        path.write_bytes(b"not a picture")
+    result = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "pkg"), *SMALL, "--batch-size", "4",
+                                      "--epochs-head", "1", "--epochs-finetune", "0", "--storage", str(tmp_path / "runs")])
+    assert result.exit_code == 1, result.output
+    assert "training images of epoch 1 could not be read or decoded (more than 5%, --max-unreadable)" in result.stderr
+    assert not (tmp_path / "pkg").exists()

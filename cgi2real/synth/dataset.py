@@ -92,9 +92,10 @@ def run(cfg: SynthConfig) -> dict:
     if todo:
         import ray.data
 
-        from cgi2real.train import start_ray
+        from cgi2real.runtime import check_local_paths, start_ray
 
         start_ray(min_cpus=1)
+        check_local_paths({}, {"--out": root})  # rendering tasks write where they run
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = False
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 4, 1000)))

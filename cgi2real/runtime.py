@@ -1,0 +1,111 @@
+"""What train, evaluate and label share at run time: Ray start-up, the device's input path and
+autocast, and the check that local paths mean the same files on every node of a cluster.
+
+Nothing here knows a stage; the stages import it, never the other way round.
+"""
+
+import os
+import secrets
+
+import torch
+
+from cgi2real.errors import InputError
+from cgi2real.presets import normalize
+from cgi2real.storage import Location, first_line
+
+
+def start_ray(min_cpus: int) -> None:
+    """Join the cluster in RAY_ADDRESS (as Ray jobs do), or start a local instance of at least `min_cpus` CPUs.
+
+    The local instance keeps its dashboard: Ray Train's placement-group cleaner asks the State
+    API, which the dashboard serves, every few seconds.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
+
+
+def model_input(batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch -> (normalized images, labels, ok mask) on `device`; channels_last on GPU."""
+    images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = batch["label"].to(device, non_blocking=True).long()
+    mask = batch["ok"].to(device, non_blocking=True).bool()
+    return images, labels, mask
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; a no-op on CPU (bf16 matmuls are slow on most CPUs)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def node_cpus() -> int:
+    """The CPUs of the node this process runs on: Ray's count for it (inside Ray), capped by the
+    cores this process may use. A model actor sizes its threads from this, not from the driver's."""
+    import ray
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not ray.is_initialized():
+        return usable
+    node_id = ray.get_runtime_context().get_node_id()
+    registered = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node_id), 0)
+    return max(1, min(usable, int(registered) or usable))
+
+
+PROBE_SECONDS = 60.0  # how long check_local_paths waits for every node to answer
+
+
+def check_local_paths(inputs: dict[str, str], outputs: dict[str, Location]) -> None:
+    """On a Ray cluster of several nodes, refuse local paths that some node cannot see.
+
+    Decode tasks, training workers and model actors run on any node, and a local path means the
+    same files there only on a shared file system. `inputs` maps an option (e.g. "DATA /x") to one
+    local file under it, which every node must find; `outputs` maps an option to a local folder,
+    in which a marker file is written here and looked for on every node. S3 locations need no check.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    outputs = {option: folder for option, folder in outputs.items() if folder.scheme == "file"}
+    if len(nodes) < 2 or not (inputs or outputs):
+        return
+    probes, markers = dict(inputs), []
+    try:
+        for option, folder in outputs.items():
+            marker = folder.child(f".cgi2real-shared-{secrets.token_hex(6)}")
+            try:
+                marker.write_bytes(b"")
+            except OSError as e:
+                raise InputError(f"{option} {folder.uri} cannot be written: {first_line(e)}") from None
+            markers.append(marker)
+            probes[option] = marker.path
+        probe = ray.remote(num_cpus=0)(_files_exist)  # no CPU asked: it runs on a head that takes no tasks too
+        refs = [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(list(probes.values()))
+            for n in nodes
+        ]
+        answered, _ = ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
+    finally:
+        for marker in markers:
+            marker.fs.delete_file(marker.path)
+    for node, ref in zip(nodes, refs):
+        if ref not in answered:  # a node going away, say; the epochs' --max-unreadable check still guards training
+            print(f"warning: node {node['NodeManagerAddress']} did not answer within {PROBE_SECONDS:.0f} s; its view of local paths is unchecked", flush=True)
+            continue
+        blind = [option for option, ok in zip(probes, ray.get(ref)) if not ok]
+        if blind:
+            raise InputError(
+                f"{blind[0]} is a local path that node {node['NodeManagerAddress']} cannot see: on a cluster of {len(nodes)} nodes, "
+                "give s3:// URIs or paths on a file system every node mounts"
+            )
+
+
+def _files_exist(paths: list[str]) -> list[bool]:
+    return [os.path.exists(p) for p in paths]
