@@ -12,8 +12,8 @@ import typer
 
 from cgi2real.classes import parse_classes
 from cgi2real.config import EvalConfig, LabelConfig, TrainConfig
-from cgi2real.presets import DEFAULT_GEOMETRY, LEGACY_GEOMETRY
 from cgi2real.errors import InputError, RunFailed
+from cgi2real.presets import DEFAULT_GEOMETRY, LEGACY_GEOMETRY
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 

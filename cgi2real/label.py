@@ -36,7 +36,7 @@ from cgi2real.config import LabelConfig
 from cgi2real.data import ImageFiles, decode_for_labeling, scan_image_files
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.evaluate import check_abstain_below
-from cgi2real.model import package_from_bytes, read_model_package
+from cgi2real.model import ModelPackage, package_from_bytes, read_model_package
 from cgi2real.presets import EvalPreset, normalize
 from cgi2real.runtime import autocast, check_local_paths, node_cpus, start_ray
 from cgi2real.storage import Location, first_line, locate
@@ -454,7 +454,7 @@ def run(cfg: LabelConfig) -> LabelSummary:
         return _label(cfg, files, package, weights, table)
 
 
-def _label(cfg: LabelConfig, files: ImageFiles, package, weights: bytes, table: LabelTable) -> LabelSummary:
+def _label(cfg: LabelConfig, files: ImageFiles, package: ModelPackage, weights: bytes, table: LabelTable) -> LabelSummary:
     """The run itself, holding the table's lease: what is left to label, through Ray, into the table."""
     parts = table.part_files()
     check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)

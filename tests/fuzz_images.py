@@ -5,34 +5,16 @@ training loader, then prints one JSON line: the rows each produced, their reason
 resident memory of the process (so the test can bound it from outside).
 """
 
-import io
 import json
 import os
 import resource
-import struct
 import sys
-import zlib
 
 import numpy as np
 from PIL import Image
 
+from tests.labeling import encode, png_header_only
 from tests.test_presets import exif_with_mistyped_tag
-
-
-def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _png_header(width: int, height: int, mode: int = 2) -> bytes:
-    """A PNG declaring width x height pixels (colour type `mode`) with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def seeds() -> dict[str, bytes]:
@@ -42,13 +24,13 @@ def seeds() -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 8
     return {
-        "jpeg": _encode(photo, "JPEG", quality=85, exif=exif),
-        "progressive": _encode(photo, "JPEG", quality=70, progressive=True),
-        "exif": _encode(photo, "JPEG", exif=exif_with_mistyped_tag(3)),
-        "png": _encode(photo, "PNG"),
-        "rgba": _encode(photo.convert("RGBA"), "PNG"),
-        "png16": _encode(Image.fromarray(rng.integers(0, 65535, (60, 80), np.uint16)), "PNG"),
-        "webp": _encode(photo, "WEBP", quality=80),
+        "jpeg": encode(photo, "JPEG", quality=85, exif=exif),
+        "progressive": encode(photo, "JPEG", quality=70, progressive=True),
+        "exif": encode(photo, "JPEG", exif=exif_with_mistyped_tag(3)),
+        "png": encode(photo, "PNG"),
+        "rgba": encode(photo.convert("RGBA"), "PNG"),
+        "png16": encode(Image.fromarray(rng.integers(0, 65535, (60, 80), np.uint16)), "PNG"),
+        "webp": encode(photo, "WEBP", quality=80),
     }
 
 
@@ -56,9 +38,9 @@ def mutants(count: int, seed: int = 0) -> dict[str, bytes]:
     """`count` mutated files: bit flips, truncations, header and EXIF edits, extreme sizes."""
     rng = np.random.default_rng(seed)
     originals = seeds()
-    files = {f"extreme_{w}x{h}.png": _png_header(w, h) for w, h in [(20000, 1), (1, 20000), (100_000, 100_000), (65535, 2), (9000, 9000)]}
-    files["thin_real.png"] = _encode(Image.new("RGB", (20000, 1), (1, 2, 3)), "PNG")
-    files["tall_real.webp"] = _encode(Image.new("RGB", (2, 12000), (1, 2, 3)), "WEBP")
+    files = {f"extreme_{w}x{h}.png": png_header_only(w, h) for w, h in [(20000, 1), (1, 20000), (100_000, 100_000), (65535, 2), (9000, 9000)]}
+    files["thin_real.png"] = encode(Image.new("RGB", (20000, 1), (1, 2, 3)), "PNG")
+    files["tall_real.webp"] = encode(Image.new("RGB", (2, 12000), (1, 2, 3)), "WEBP")
     for i in range(count - len(files)):
         name, data = list(originals.items())[i % len(originals)]
         data = bytearray(data)

@@ -63,13 +63,13 @@ def direct_probabilities(package_dir: str, paths: list[str]) -> dict[str, np.nda
     return result
 
 
-def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, fmt, **kwargs)
     return buffer.getvalue()
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels (a decompression bomb's header) but holds almost none."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -87,24 +87,24 @@ def upright_and_exif_rotated() -> tuple[bytes, bytes]:
     upright = Image.fromarray(pixels)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    return _encode(upright, "PNG"), _encode(upright.rotate(90, expand=True), "PNG", exif=exif)
+    return encode(upright, "PNG"), encode(upright.rotate(90, expand=True), "PNG", exif=exif)
 
 
 def write_zoo(folder: str) -> dict[str, str | None]:
     """Awkward files; returns file name -> expected error reason (None: must be labeled)."""
     os.makedirs(folder, exist_ok=True)
-    jpeg = _encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)), "JPEG")
+    jpeg = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)), "JPEG")
     upright, rotated = upright_and_exif_rotated()
     files = {
         "truncated.jpg": (jpeg[: len(jpeg) // 3], "truncated"),
         "zero_bytes.jpg": (b"", "empty file"),
         "text.jpg": (b"this is not a picture\n", "not an image"),
-        "huge_dimensions.png": (_png_header_only(100_000, 100_000), "too large"),
-        "one_pixel.png": (_encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), None),
-        "cmyk.jpg": (_encode(Image.new("CMYK", (64, 48), (0, 255, 255, 0)), "JPEG"), None),
-        "sixteen_bit.png": (_encode(Image.fromarray(np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)), "PNG"), None),
-        "rgba.png": (_encode(Image.new("RGBA", (64, 48), (0, 200, 0, 128)), "PNG"), None),
-        "palette.gif": (_encode(Image.new("P", (64, 48), 5), "GIF"), None),
+        "huge_dimensions.png": (png_header_only(100_000, 100_000), "too large"),
+        "one_pixel.png": (encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), None),
+        "cmyk.jpg": (encode(Image.new("CMYK", (64, 48), (0, 255, 255, 0)), "JPEG"), None),
+        "sixteen_bit.png": (encode(Image.fromarray(np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)), "PNG"), None),
+        "rgba.png": (encode(Image.new("RGBA", (64, 48), (0, 200, 0, 128)), "PNG"), None),
+        "palette.gif": (encode(Image.new("P", (64, 48), 5), "GIF"), None),
         "upright.png": (upright, None),
         "exif_rotated.png": (rotated, None),
         "UPPER_CASE.JPEG": (jpeg, None),
