@@ -11,7 +11,6 @@ the rest shows how much of a difference is the evaluation's alone. Packages whos
 are not retrained, so a rerun only re-evaluates. Results go to WORK/results.md (and --publish).
 """
 
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from dataclasses import replace
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_config  # noqa: E402
+from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_config, write_results  # noqa: E402
 
 from cgi2real import evaluate, train  # noqa: E402
 from cgi2real.config import EvalConfig  # noqa: E402
@@ -56,15 +55,7 @@ def main() -> None:
             results[f"{trained_as}/{shown_as}"] = dict(zip(PHOTO_SETS, result["datasets"].values()))
             print(f"--- trained {trained_as}, evaluated {shown_as}\n" + evaluate.format_reports(results[f"{trained_as}/{shown_as}"]), flush=True)
         results[f"{trained_as}/seconds"] = seconds
-    text = results_markdown(results, args, hardware)
-    with open(os.path.join(work, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(work, "results.md"), "w") as f:
-        f.write(text)
-    if args.publish:
-        with open(args.publish, "w") as f:
-            f.write(text)
-    print(text)
+    write_results(work, results, results_markdown(results, args, hardware), args.publish)
 
 
 def results_markdown(results: dict, args, hardware: str) -> str:

@@ -120,6 +120,18 @@ def prepare_work(args) -> tuple[str, str, int, str]:
     return work, synth_root, hoh_count, hardware
 
 
+def write_results(work: str, results, text: str, publish: str | None) -> None:
+    """WORK/results.json and WORK/results.md, the latter also to `publish` if given; then print the table."""
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(work, "results.md"), "w") as f:
+        f.write(text)
+    if publish:
+        with open(publish, "w") as f:
+            f.write(text)
+    print(text)
+
+
 def main() -> None:
     parser = recipe_arguments(__doc__.split("\n")[0], "quality")
     parser.add_argument("--variants", default=",".join([v.name for v in VARIANTS] + ["final"]))

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from cgi2real.classes import parse_classes
-from cgi2real.config import EvalConfig, LabelConfig, TrainConfig
+from cgi2real.config import AdaptConfig, EvalConfig, LabelConfig, TrainConfig
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.presets import DEFAULT_GEOMETRY, LEGACY_GEOMETRY
 
@@ -87,6 +87,8 @@ def train(
     max_unreadable: Annotated[float, typer.Option(help="Abort when a larger share of an epoch's images cannot be read or decoded.")] = 0.05,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in output order (default both,horse,human).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and initialization.")] = 0,
+    pseudo_labels: Annotated[Optional[str], typer.Option(help="A label table (from `cgi2real label`) whose confident rows are one more training root: self-training.")] = None,
+    min_confidence: Annotated[float, typer.Option(help="Least confidence of a --pseudo-labels row that is used.")] = 0.9,
     s3_endpoint: S3Endpoint = None,
 ):
     """Train an Inception v3 classifier on Ray Train and write a model package."""
@@ -97,13 +99,50 @@ def train(
         image_size=image_size, geometry=geometry, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
         batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
         augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
-        max_failures=max_failures, max_unreadable=max_unreadable, seed=seed, s3_endpoint=s3_endpoint,
+        max_failures=max_failures, max_unreadable=max_unreadable, seed=seed, pseudo_labels=pseudo_labels, min_confidence=min_confidence,
+        s3_endpoint=s3_endpoint,
     )
     summary = training.run(cfg)
     best = summary.best
     typer.echo(f"best epoch {summary.best_epoch}: val acc {best['val_acc']:.3f} (balanced {best['val_balanced_acc']:.3f}), val loss {best['val_loss']:.4f}")
     typer.echo(f"model package: {summary.package}")
     typer.echo(f"checkpoints:   {summary.run_path}")
+
+
+@app.command()
+@_fails_cleanly
+def adapt(
+    model: Annotated[str, typer.Option("--model", help="The model package to adapt (folder or s3:// prefix).")],
+    data: Annotated[list[str], typer.Option("--data", help="Unlabeled target images: a folder or s3:// prefix, scanned recursively; repeat for several.")],
+    out: Annotated[str, typer.Option("--out", help="Where to write the adapted model package.")],
+    method: Annotated[str, typer.Option(help="bn: re-estimate BatchNorm statistics; shot: train the backbone with the classifier fixed (SHOT, ICML 2020).")] = "bn",
+    bn_mix: Annotated[float, typer.Option(help="bn: share of the target statistics blended into the source ones (1: plain AdaBN).")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="shot: passes over the target images.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per step and worker.")] = 32,
+    lr: Annotated[float, typer.Option(help="shot: AdamW learning rate (cosine to 0).")] = 1e-4,
+    diversity: Annotated[float, typer.Option(help="shot: weight of the term that keeps predictions spread over the classes.")] = 1.0,
+    pseudo_weight: Annotated[float, typer.Option(help="shot: weight of the cross-entropy on centroid self-labels.")] = 0.3,
+    prior: Annotated[str, typer.Option(help="shot: class shares the diversity term aims at: uniform (SHOT's) or estimated (EM on the source model's predictions).")] = "uniform",
+    workers: Annotated[int, typer.Option(help="shot: data-parallel Ray Train workers.")] = 1,
+    gpu: Gpu = None,
+    storage: Annotated[Optional[str], typer.Option(help="shot: checkpoint storage (folder or s3:// prefix; default ~/ray_results).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="shot: run name under --storage; rerun with the same name to resume.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffles and augmentation.")] = 0,
+    s3_endpoint: S3Endpoint = None,
+):
+    """Adapt a model package to unlabeled photos (no labels read) and write the adapted package."""
+    from cgi2real import adapt as adaptation
+
+    summary = adaptation.run(
+        AdaptConfig(
+            model=model, data=tuple(data), out=out, method=method, bn_mix=bn_mix, epochs=epochs, batch_size=batch_size, lr=lr,
+            diversity=diversity, pseudo_weight=pseudo_weight, prior=prior, workers=workers, use_gpu=gpu, storage=storage, name=name, seed=seed,
+            s3_endpoint=s3_endpoint,
+        )
+    )
+    skipped = f", {summary.bad} unreadable skipped" if summary.bad else ""
+    typer.echo(f"adapted ({summary.method}) on {summary.used} images{skipped} in {summary.seconds:.1f} s")
+    typer.echo(f"model package: {summary.package}")
 
 
 @app.command()
@@ -202,6 +241,8 @@ def describe_package(config: dict, where: str) -> str:
                 f"  recipe     augment {cfg['augment']}, random backgrounds {cfg['background_prob']:g}, paste {cfg['paste_prob']:g}, "
                 f"label smoothing {cfg['label_smoothing']:g}"
             )
+        if cfg.get("pseudo_labels"):
+            lines.append(f"  self-train {cfg['pseudo_labels']}: its rows of confidence >= {cfg['min_confidence']:g} (the last root)")
         counts = training.get("class_counts", {})
         for split in ("train", "val"):
             if split in counts:
@@ -217,6 +258,10 @@ def describe_package(config: dict, where: str) -> str:
             lines.append(
                 f"  {m['epoch']:5} {m['stage']:9} {m['train_loss']:10.4f} {m['train_acc']:10.3f} {m['val_loss']:9.4f} {m['val_acc']:8.3f} {m['img_per_s']:6.1f}{best}"
             )
+    if config.get("adaptation"):
+        from cgi2real.adapt import describe_adaptation
+
+        lines += describe_adaptation(config["adaptation"])
     return "\n".join(lines)
 
 
@@ -259,7 +304,7 @@ def samples(
 @_fails_cleanly
 def submit(
     ctx: typer.Context,
-    command: Annotated[str, typer.Argument(help="train, label or synth; the arguments after it are that command's.")],
+    command: Annotated[str, typer.Argument(help="train, adapt, label or synth; the arguments after it are that command's.")],
     address: Annotated[Optional[str], typer.Option(help="Ray Jobs API of the cluster (default: $RAY_ADDRESS, else http://127.0.0.1:8265).")] = None,
     pass_aws_credentials: Annotated[bool, typer.Option("--pass-aws-credentials", help="Send this shell's AWS keys to the job (visible in the dashboard; prefer an instance role).")] = False,
 ):

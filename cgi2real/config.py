@@ -37,6 +37,8 @@ class TrainConfig:
     max_failures: int = 0  # worker failures to recover from (from the latest checkpoint)
     max_unreadable: float = 0.05  # abort when a larger share of an epoch's images cannot be read
     seed: int = 0  # for the validation split and initialization
+    pseudo_labels: str | None = None  # a label table whose confident rows are one more training root (self-training)
+    min_confidence: float = 0.9  # the least confidence of a pseudo-labeled row that is used
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
     @property
@@ -46,6 +48,29 @@ class TrainConfig:
     def stage(self, epoch: int) -> str:
         """The stage a 0-based epoch belongs to."""
         return "head" if epoch < self.epochs_head else "finetune"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    model: str  # the source model package, local or s3://
+    data: tuple[str, ...]  # unlabeled target images: folders or s3:// prefixes, scanned like `label` scans
+    out: str  # where the adapted model package is written, local or s3://
+    method: str = "bn"  # bn: BatchNorm statistics only; shot: train the backbone (SHOT, see adapt.py)
+    bn_mix: float = 0.5  # bn: share of the target statistics blended into the source ones (1: plain AdaBN; 0.5 measured best)
+    epochs: int = 5  # shot: passes over the target images
+    batch_size: int = 32  # per worker; shot's diversity term is measured over a batch
+    lr: float = 1e-4  # shot: AdamW learning rate of the backbone, cosine-annealed to 0
+    weight_decay: float = 1e-4  # shot: AdamW decoupled weight decay
+    diversity: float = 1.0  # shot: weight of the diversity term (predictions spread over the classes as `prior` says)
+    prior: str = "uniform"  # shot: the class shares aimed at: uniform (SHOT's) or estimated from the source model's predictions
+    pseudo_weight: float = 0.3  # shot: weight of the cross-entropy on centroid self-labels (SHOT's beta)
+    workers: int = 1  # shot: data-parallel Ray Train workers
+    use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
+    storage: str | None = None  # shot: Ray Train storage_path for checkpoints; None: ~/ray_results
+    name: str | None = None  # shot: run name under `storage`; rerun with the same name to resume
+    max_failures: int = 0  # shot: worker failures to recover from (from the latest checkpoint)
+    seed: int = 0
+    s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 
 import cgi2real
 from cgi2real.config import LabelConfig
-from cgi2real.data import ImageFiles, decode_for_labeling, scan_image_files
+from cgi2real.data import ImageFiles, LabeledImages, decode_for_labeling, scan_image_files
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.evaluate import check_abstain_below
 from cgi2real.model import ModelPackage, package_from_bytes, read_model_package
@@ -634,3 +634,43 @@ def format_table_summary(s: dict) -> str:
     n_errors = sum(s["errors"].values())
     lines.append(f"{'errors':12} {n_errors:8} {n_errors / max(s['rows'], 1):7.1%}" + (f"  ({', '.join(f'{r} {n}' for r, n in s['errors'].items())})" if n_errors else ""))
     return "\n".join(lines)
+
+
+def pseudo_labeled_images(uri: str, classes: tuple[str, ...], min_confidence: float, s3_endpoint: str | None = None) -> LabeledImages:
+    """The confidently labeled rows of a label table as a labeled dataset: self-training's extra root.
+
+    Rows with a label and a confidence of at least `min_confidence` are kept; the images are read
+    where the table says they are. A table of other classes than `classes` is refused.
+    """
+    table = LabelTable(locate(uri, s3_endpoint))
+    parts = table.part_files()
+    if not parts:
+        raise InputError(f"--pseudo-labels {table.folder.uri} is not a label table (no {PART_PREFIX}*.parquet files)")
+    meta = table.metadata(parts) or {}
+    if meta.get("classes") != list(classes):
+        raise InputError(
+            f"--pseudo-labels {table.folder.uri} has classes {', '.join(meta.get('classes') or ['?'])}; "
+            f"training is on {', '.join(classes)}"
+        )
+    try:
+        rows = table.read(parts, ["path", "label", "confidence"])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read the label table at {table.folder.uri}: {first_line(e)}") from None
+    rows = rows.filter(pc.and_(pc.is_valid(rows["label"]), pc.greater_equal(rows["confidence"], min_confidence)))
+    if not rows.num_rows:
+        raise InputError(f"--pseudo-labels {table.folder.uri} has no labeled row with a confidence of at least {min_confidence:g} (--min-confidence)")
+    uris = rows["path"].to_pylist()
+    root = locate(_common_folder(uris, table.folder.uri), s3_endpoint)
+    paths = [locate(u, s3_endpoint).path for u in uris]
+    labels = [classes.index(name) for name in rows["label"].cast(pa.string()).to_pylist()]
+    return LabeledImages(root, tuple(classes), tuple(paths), tuple(labels))
+
+
+def _common_folder(uris: list[str], where: str) -> str:
+    """The deepest folder (or s3:// prefix) holding every one of `uris`, all local or all S3."""
+    s3 = [u.startswith("s3://") for u in uris]
+    if any(s3) and not all(s3):
+        raise InputError(f"--pseudo-labels {where} mixes local and s3:// images; label one source per table")
+    if all(s3):
+        return "s3://" + os.path.commonpath([os.path.dirname(u[len("s3://"):]) for u in uris])
+    return os.path.commonpath([os.path.dirname(u) for u in uris])

@@ -6,6 +6,7 @@ Nothing here knows a stage; the stages import it, never the other way round.
 
 import os
 import secrets
+import sys
 
 import torch
 
@@ -43,6 +44,23 @@ def model_input(batch: dict, device: torch.device, mean, std) -> tuple[torch.Ten
 def autocast(device: torch.device):
     """bf16 autocast on GPU; a no-op on CPU (bf16 matmuls are slow on most CPUs)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def say(line: str) -> None:
+    """A line from a Ray Train worker to the driver's output."""
+    # Not print(): Ray Train patches it into a logger that the driver then shows twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def failure_reason(error: BaseException, ours: type | tuple[type, ...]) -> str:
+    """Why a Ray Train run failed: a worker's own exception of the `ours` types (its message is
+    meant for the user), rather than Ray's wrapper around it."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the worker's exception as its cause
+        if isinstance(cause, ours):
+            return str(cause)
+    return first_line(error)
 
 
 def node_cpus() -> int:

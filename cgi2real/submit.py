@@ -15,7 +15,7 @@ import cgi2real
 from cgi2real.errors import InputError
 from cgi2real.storage import first_line
 
-COMMANDS = ("train", "label", "synth")
+COMMANDS = ("train", "adapt", "label", "synth")
 PASSED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

@@ -8,7 +8,6 @@
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,9 +17,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cgi2real.checkpoints import (
+    SPLIT_JSON,
+    TRAIN_STATE_JSON,
+    check_same_settings,
+    checkpoint_file,
+    latest_checkpoint,
+    read_checkpoint,
+    read_checkpoint_json,
+    write_checkpoint,
+)
 from cgi2real.classes import composite_pairs
 from cgi2real.config import TrainConfig, from_dict
 from cgi2real.data import (
@@ -35,6 +43,7 @@ from cgi2real.data import (
     training_dataset,
 )
 from cgi2real.errors import InputError, RunFailed
+from cgi2real.label import pseudo_labeled_images
 from cgi2real.model import (
     WEIGHTS_FILE,
     check_image_size,
@@ -47,8 +56,8 @@ from cgi2real.model import (
     set_trainable,
 )
 from cgi2real.presets import AUGMENTATIONS, GEOMETRIES, IMAGENET_MEAN, IMAGENET_STD, LEGACY_GEOMETRY, EvalPreset, TrainPreset
-from cgi2real.runtime import autocast, check_local_paths, model_input, start_ray
-from cgi2real.storage import first_line, locate, read_whole
+from cgi2real.runtime import autocast, check_local_paths, failure_reason, model_input, say, start_ray
+from cgi2real.storage import locate
 
 AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper
 
@@ -182,52 +191,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, stage: str):
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=eta_min)
 
 
-# --- Checkpoints (safetensors + JSON, no pickle) ------------------------------------------------
-
-TRAIN_STATE_TENSORS = "train_state.safetensors"
-TRAIN_STATE_JSON = "train_state.json"
-SPLIT_JSON = "split.json"  # which files of each root were held out; a resumed run keeps it
-
-
-def write_checkpoint(folder: str, model: nn.Module, optimizer, scheduler, state: dict) -> None:
-    """Model weights, optimizer tensors and everything else as JSON, into `folder`."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
-    tensors, optimizer_meta = {}, {}
-    opt_state = optimizer.state_dict()
-    for index, entries in opt_state["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                optimizer_meta.setdefault(str(index), {})[key] = value
-    save_file(tensors, os.path.join(folder, TRAIN_STATE_TENSORS))
-    state = {
-        **state,
-        "optimizer": {"param_groups": opt_state["param_groups"], "scalars": optimizer_meta},
-        "scheduler": scheduler.state_dict(),
-    }
-    with open(os.path.join(folder, TRAIN_STATE_JSON), "w") as f:
-        json.dump(state, f)
-
-
-def read_train_state(folder: str) -> dict:
-    with open(os.path.join(folder, TRAIN_STATE_JSON)) as f:
-        return json.load(f)
-
-
-def read_checkpoint(folder: str) -> tuple[dict, dict, dict]:
-    """(model state dict, optimizer state dict, train state) from a checkpoint folder."""
-    state = read_train_state(folder)
-    opt_state: dict = {}
-    for key, value in load_file(os.path.join(folder, TRAIN_STATE_TENSORS)).items():
-        index, name = key.split(".", 1)
-        opt_state.setdefault(int(index), {})[name] = value
-    for index, scalars in state["optimizer"]["scalars"].items():
-        opt_state.setdefault(int(index), {}).update(scalars)
-    optimizer = {"state": opt_state, "param_groups": state["optimizer"]["param_groups"]}
-    return load_file(os.path.join(folder, WEIGHTS_FILE)), optimizer, state
-
-
 # --- The Ray Train worker ----------------------------------------------------------------------
 
 
@@ -296,7 +259,7 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, history = state["epoch"] + 1, state["history"]
         resumed_optimizer = (state["stage"], opt_state, state["scheduler"])
         if rank == 0:
-            _say(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
+            say(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
 
     model.to(device)
     if device.type == "cuda":
@@ -335,15 +298,9 @@ def train_loop_per_worker(config: dict) -> None:
                 if config["split"] is not None:
                     with open(os.path.join(folder, SPLIT_JSON), "w") as f:
                         json.dump(config["split"], f)
-                _say(format_epoch(metrics))
+                say(format_epoch(metrics))
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
-
-
-def _say(line: str) -> None:
-    # Not print(): Ray Train patches it into a logger that the driver then shows twice.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def reduce_stats(stats: EpochStats, device: torch.device) -> EpochStats:
@@ -473,6 +430,8 @@ def check_options(cfg: TrainConfig) -> None:
     for name in ("background_prob", "paste_prob", "max_unreadable"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.min_confidence <= 1:
+        raise InputError(f"--min-confidence must be between 0 and 1, got {cfg.min_confidence}")
     if not 0 <= cfg.label_smoothing < 1:
         raise InputError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not cfg.data:
@@ -492,21 +451,23 @@ def prepare_inputs(cfg: TrainConfig, split: dict | None = None) -> TrainingData:
             f"--data-weights needs one weight >= 0 per --data root ({len(cfg.data)}), not all 0; got {','.join(map(str, weights))}"
         )
     roots = [scan_labeled_dataset(uri, cfg.classes, cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
+    pseudo = [pseudo_labeled_images(cfg.pseudo_labels, cfg.classes, cfg.min_confidence, cfg.s3_endpoint)] if cfg.pseudo_labels else []
     notes = []
     if cfg.val:
-        data = TrainingData(roots, [scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)], weights, held_out=False)
+        data = TrainingData(roots + pseudo, [scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)], weights + [1.0] * len(pseudo), held_out=False)
     elif split is not None:
-        kept = [reuse_split(images, record) for images, record in zip(roots, split["roots"])]
+        kept = [reuse_split(images, record) for images, record in zip(roots + pseudo, split["roots"])]
         new, gone = sum(k.new for k in kept), sum(k.gone for k in kept)
         notes.append(f"kept the run's validation split ({sum(len(k.val) for k in kept)} images)")
         if new:
             notes.append(f"{new} file(s) added since the run started go to training only")
         if gone:
             notes.append(f"{gone} training file(s) of the run are gone")
-        data = TrainingData([k.train for k in kept], [k.val for k in kept], weights, notes=notes)
+        data = TrainingData([k.train for k in kept], [k.val for k in kept], weights + [1.0] * len(pseudo), notes=notes)
     else:
-        splits = [stratified_split(images, cfg.val_fraction, cfg.seed) for images in roots]
-        data = TrainingData([t for t, _ in splits], [v for _, v in splits], weights)
+        # pseudo-labels train only: accuracy on a model's own labels would say nothing
+        splits = [stratified_split(images, cfg.val_fraction, cfg.seed) for images in roots] + [(images, images.subset([])) for images in pseudo]
+        data = TrainingData([t for t, _ in splits], [v for _, v in splits], weights + [1.0] * len(pseudo))
     drawn = data.per_epoch()
     missing = [name for name, n in drawn.items() if n == 0]
     if missing:
@@ -585,7 +546,7 @@ def run(cfg: TrainConfig) -> TrainSummary:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise RunFailed(f"training failed: {failure_reason(e)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
+        raise RunFailed(f"training failed: {failure_reason(e, UnreadableImages)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
     return export_best(result, cfg, counts, weights, use_gpu)
 
 
@@ -605,61 +566,15 @@ def checkpoint_config():
     return ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max")
 
 
-def failure_reason(error: BaseException) -> str:
-    """What went wrong: our own workers' reason (too many unreadable images) rather than Ray's wrapper around it."""
-    for failure in getattr(error, "worker_failures", {}).values():
-        cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the worker's exception as its cause
-        if isinstance(cause, UnreadableImages):
-            return str(cause)
-    return first_line(error)
-
-
 # Settings that may change when a run resumes; any other difference would corrupt it.
 RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "storage", "name", "max_failures", "max_unreadable", "s3_endpoint"})
 # What a run checkpointed before a setting existed did instead (compared when resuming it).
-LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY}
-
-
-def latest_checkpoint(run_folder):
-    """The newest checkpoint of a Ray Train run folder, or None (no folder, or nothing checkpointed yet)."""
-    from ray.train import Result
-
-    if not run_folder.exists():
-        return None
-    try:
-        return Result.from_path(run_folder.path, storage_filesystem=run_folder.fs).checkpoint
-    except RuntimeError:  # a folder without a checkpoint snapshot: nothing to resume
-        return None
+LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY, "pseudo_labels": None, "min_confidence": 0.9}
 
 
 def check_resumable(latest, run_folder, cfg: TrainConfig) -> None:
     """Refuse to resume a run whose latest checkpoint was made with other training settings."""
-    previous = read_checkpoint_json(latest, TRAIN_STATE_JSON)["config"]
-    changed = sorted(
-        k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and _jsonable(v) != previous.get(k, LEGACY_SETTINGS.get(k))
-    )
-    if changed:
-        raise InputError(
-            f"run {run_folder.uri} was started with other settings ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in changed)}); "
-            "rerun with the same settings to resume, or pass a new --name"
-        )
-
-
-def read_checkpoint_json(checkpoint, name: str):
-    """One JSON file of a Ray checkpoint, read where it is stored (None if it has no such file)."""
-    try:
-        return _checkpoint_file(checkpoint, name, json.loads)
-    except FileNotFoundError:
-        return None
-
-
-def _checkpoint_file(checkpoint, name: str, parse):
-    """One file of a Ray checkpoint, read where it is stored (no download of the whole folder)."""
-    return parse(read_whole(checkpoint.filesystem, f"{checkpoint.path}/{name}"))
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
+    check_same_settings(latest, run_folder, cfg, RESUMABLE_CHANGES, LEGACY_SETTINGS)
 
 
 def pick_best(result) -> tuple:
@@ -670,9 +585,9 @@ def pick_best(result) -> tuple:
 def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: bool) -> TrainSummary:
     """Write the best-by-validation checkpoint (accuracy, then loss) as the model package."""
     best_checkpoint, best = pick_best(result)
-    history = _checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
-    package = _checkpoint_file(best_checkpoint, TRAIN_STATE_JSON, json.loads)["package"]
-    state_dict = _checkpoint_file(best_checkpoint, WEIGHTS_FILE, load_safetensors)
+    history = checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
+    package = checkpoint_file(best_checkpoint, TRAIN_STATE_JSON, json.loads)["package"]
+    state_dict = checkpoint_file(best_checkpoint, WEIGHTS_FILE, load_safetensors)
     training = {
         "config": asdict(cfg),
         "class_counts": counts,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cgi2real.checkpoints import TRAIN_STATE_JSON, read_checkpoint, write_checkpoint
 from cgi2real.config import TrainConfig
 from cgi2real.model import build_model, set_trainable
 from cgi2real.train import (
@@ -17,9 +18,7 @@ from cgi2real.train import (
     checkpoint_score,
     evaluate,
     make_optimizer,
-    read_checkpoint,
     train_one_epoch,
-    write_checkpoint,
 )
 
 CPU = torch.device("cpu")
@@ -147,7 +146,7 @@ def test_a_run_checkpointed_before_geometry_existed_resumes_as_the_center_crop_i
 
     from cgi2real.errors import InputError
     from cgi2real.storage import locate
-    from cgi2real.train import TRAIN_STATE_JSON, check_resumable
+    from cgi2real.train import check_resumable
 
     cfg = TrainConfig(data=("/data",), out="/pkg", weights="none", image_size=80)
     old = {k: v for k, v in asdict(cfg).items() if k not in ("geometry", "max_unreadable")}  # as an older cgi2real stored it

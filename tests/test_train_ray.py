@@ -18,7 +18,8 @@ from cgi2real.cli import app
 from cgi2real.config import TrainConfig
 from cgi2real.data import PASTE_BATCH, scan_labeled_dataset, training_rows
 from cgi2real.model import load_model_package
-from cgi2real.train import SPLIT_JSON, checkpoint_config, checkpoint_score, pick_best, prepare_inputs, training_datasets
+from cgi2real.checkpoints import SPLIT_JSON
+from cgi2real.train import checkpoint_config, checkpoint_score, pick_best, prepare_inputs, training_datasets
 from tests.conftest import upload_folder
 
 pytestmark = pytest.mark.slow
