@@ -74,6 +74,6 @@ def test_a_failing_job_exits_1_with_its_error_in_the_log(ray_head, tmp_path):
 
 
 def test_submit_refuses_what_it_cannot_run(ray_head):
-    assert "choose one of train, label, synth" in submit("--address", ray_head, "evaluate").stderr
+    assert "choose one of train, adapt, label, synth" in submit("--address", ray_head, "evaluate").stderr
     unreachable = submit("--address", "http://127.0.0.1:9", "label", "x")
     assert unreachable.exit_code == 2 and "cannot submit to the Ray Jobs API" in unreachable.stderr
