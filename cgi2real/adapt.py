@@ -466,6 +466,7 @@ def run(cfg: AdaptConfig) -> AdaptSummary:
     if out.scheme == "s3" and not locate(f"s3://{out.path.split('/')[0]}", cfg.s3_endpoint).exists():
         raise InputError(f"bucket of --out {out.uri} does not exist")
     print(f"adapting {package.model_id} ({cfg.method}) to {images} images under {', '.join(f.root.uri for f in sources)}", flush=True)
+    storage, name = shot_run(cfg) if cfg.method == "shot" else (None, None)  # a resumed run's settings are checked before Ray starts
 
     import ray
     import ray.data
@@ -473,7 +474,7 @@ def run(cfg: AdaptConfig) -> AdaptSummary:
     start_ray(min_cpus=cfg.workers + 1)
     check_local_paths(
         {f"--data {files.root.uri}": files.paths[0] for files in sources if files.root.scheme == "file"},
-        {"--out": out, **({"--storage": locate(cfg.storage, cfg.s3_endpoint)} if cfg.storage and cfg.method == "shot" else {})},
+        {"--out": out, **({"--storage": storage} if storage is not None else {})},
     )
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
@@ -487,7 +488,7 @@ def run(cfg: AdaptConfig) -> AdaptSummary:
         state, used, bad, streaming = _adapt_bn(cfg, sources, package, config, weights, use_gpu)
         history = []
     else:
-        state, used, bad, history = _adapt_shot(cfg, sources, package, config, weights, use_gpu)
+        state, used, bad, history = _adapt_shot(cfg, storage, name, sources, package, config, weights, use_gpu)
     adaptation = {
         "method": cfg.method, "sources": [f.root.uri for f in sources], "images": used, "unreadable": bad,
         "source_model": package.model_id, "config": asdict(cfg), **({"epochs": history} if history else {}),
@@ -552,17 +553,22 @@ def _adapt_bn(cfg: AdaptConfig, sources, package: ModelPackage, config: dict, we
     return load_safetensors(data), used, bad, streaming
 
 
-def _adapt_shot(cfg: AdaptConfig, sources, package: ModelPackage, config: dict, weights: bytes, use_gpu: bool) -> tuple[dict, int, int, list]:
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+def shot_run(cfg: AdaptConfig):
+    """(storage, run name) of a shot adaptation; a run there must have been started with the same settings."""
     name = cfg.name or datetime.now().strftime("cgi2real-adapt-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
     latest = latest_checkpoint(storage.child(name))
     if latest is not None:
         check_same_settings(latest, storage.child(name), cfg, RESUMABLE_CHANGES)
     print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
+    return storage, name
+
+
+def _adapt_shot(cfg: AdaptConfig, storage, name: str, sources, package: ModelPackage, config: dict, weights: bytes, use_gpu: bool) -> tuple[dict, int, int, list]:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     images = sum(len(f) for f in sources)
     trainer = TorchTrainer(
         shot_loop_per_worker,
