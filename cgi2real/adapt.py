@@ -28,12 +28,12 @@ from torch import nn
 
 from cgi2real.checkpoints import TRAIN_STATE_JSON, check_same_settings, checkpoint_file, latest_checkpoint, read_checkpoint, write_checkpoint
 from cgi2real.config import AdaptConfig, from_dict
-from cgi2real.data import ImageFiles, decode_for_labeling, load_training_batch, scan_image_files
+from cgi2real.data import ImageFiles, decode_for_labeling, load_training_batch, row_blocks, scan_image_files
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import WEIGHTS_FILE, ModelPackage, package_from_bytes, read_model_package, save_model_package
 from cgi2real.presets import TrainPreset, normalize
 from cgi2real.runtime import autocast, check_local_paths, failure_reason, node_cpus, say, start_ray
-from cgi2real.storage import locate
+from cgi2real.storage import check_bucket, locate
 
 METHODS = ("bn", "shot")
 PRIORS = ("uniform", "estimated")  # shot: the class shares its diversity term aims at
@@ -159,15 +159,18 @@ def shot_loss(
     return loss, {"entropy": entropy.detach(), "diversity": divergence.detach(), "self_label": self_label.detach()}
 
 
+def _no_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 @torch.no_grad()
-def estimate_prior(probs: torch.Tensor, iterations: int = 100, reduce=None) -> torch.Tensor:
+def estimate_prior(probs: torch.Tensor, iterations: int = 100, reduce=_no_reduce) -> torch.Tensor:
     """The class shares of the target images, by EM on the model's predictions (Saerens et al., 2002).
 
     probs (N, K) were made under a uniform prior (training weights the classes to balance); each
     step re-weights them by the current prior and takes their mean as the next one. `reduce` sums
     over data-parallel workers.
     """
-    reduce = reduce or _no_reduce
     k = probs.shape[1]
     n = reduce(torch.tensor(float(len(probs)), device=probs.device))
     prior = torch.full((k,), 1 / k, device=probs.device)
@@ -176,10 +179,6 @@ def estimate_prior(probs: torch.Tensor, iterations: int = 100, reduce=None) -> t
         weighted = weighted / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12)
         prior = reduce(weighted.sum(dim=0)) / n
     return prior
-
-
-def _no_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
 
 
 def centroid_labels(features: torch.Tensor, probs: torch.Tensor, rounds: int = 2, reduce=_no_reduce) -> torch.Tensor:
@@ -463,8 +462,7 @@ def run(cfg: AdaptConfig) -> AdaptSummary:
     config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # refuse a bad package here
     out = locate(cfg.out, cfg.s3_endpoint)
-    if out.scheme == "s3" and not locate(f"s3://{out.path.split('/')[0]}", cfg.s3_endpoint).exists():
-        raise InputError(f"bucket of --out {out.uri} does not exist")
+    check_bucket(out, "--out")
     print(f"adapting {package.model_id} ({cfg.method}) to {images} images under {', '.join(f.root.uri for f in sources)}", flush=True)
     storage, name = shot_run(cfg) if cfg.method == "shot" else (None, None)  # a resumed run's settings are checked before Ray starts
 
@@ -531,8 +529,7 @@ def augmented_target_dataset(sources: list[ImageFiles], preset: TrainPreset):
         rows += [{"path": p, "label": offset + i, "mask": "", "root": r} for i, p in enumerate(files.paths)]
         offset += len(files)
     kwargs = {"preset": preset, "filesystems": [f.root.fs for f in sources]}
-    blocks = max(2, min(len(rows) // 32, 200))
-    return ray.data.from_items(rows, override_num_blocks=blocks).random_shuffle().map_batches(augment_target, fn_kwargs=kwargs, batch_size=32)
+    return ray.data.from_items(rows, override_num_blocks=row_blocks(rows)).random_shuffle().map_batches(augment_target, fn_kwargs=kwargs, batch_size=32)
 
 
 def augment_target(batch: dict[str, np.ndarray], preset, filesystems) -> dict[str, np.ndarray]:

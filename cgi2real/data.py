@@ -339,7 +339,7 @@ def image_dataset(parts: list[LabeledImages], preset):
     import ray.data
 
     rows = file_rows(parts)
-    ds = ray.data.from_items(rows, override_num_blocks=_blocks(rows))
+    ds = ray.data.from_items(rows, override_num_blocks=row_blocks(rows))
     return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "filesystems": [p.root.fs for p in parts]}, batch_size=32)
 
 
@@ -360,7 +360,7 @@ def training_rows(parts: list[LabeledImages], weights: list[float]):
     import ray.data
 
     rows = file_rows(parts, weights)
-    return ray.data.from_items(rows, override_num_blocks=_blocks(rows)).random_shuffle().map_batches(draw_rows, batch_size=None)
+    return ray.data.from_items(rows, override_num_blocks=row_blocks(rows)).random_shuffle().map_batches(draw_rows, batch_size=None)
 
 
 def file_rows(parts: list[LabeledImages], weights: list[float] | None = None) -> list[dict]:
@@ -373,5 +373,6 @@ def file_rows(parts: list[LabeledImages], weights: list[float] | None = None) ->
     return rows
 
 
-def _blocks(rows: list) -> int:
+def row_blocks(rows: list) -> int:
+    """Blocks for a Ray Dataset of file rows: about 32 rows each, between 2 and 200."""
     return max(2, min(len(rows) // 32, 200))

@@ -105,6 +105,12 @@ def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
+def check_bucket(location: Location, option: str) -> None:
+    """Refuse an s3:// output whose bucket does not exist (before any work that would be lost)."""
+    if location.scheme == "s3" and not Location(location.fs, location.path.split("/")[0], "s3").exists():
+        raise InputError(f"bucket of {option} {location.uri} does not exist")
+
+
 def locate(uri: str, s3_endpoint: str | None = None) -> Location:
     """Turn a local path or s3:// URI into a Location (nothing is read yet)."""
     if not uri:

@@ -57,7 +57,7 @@ from cgi2real.model import (
 )
 from cgi2real.presets import AUGMENTATIONS, GEOMETRIES, IMAGENET_MEAN, IMAGENET_STD, LEGACY_GEOMETRY, EvalPreset, TrainPreset
 from cgi2real.runtime import autocast, check_local_paths, failure_reason, model_input, say, start_ray
-from cgi2real.storage import locate
+from cgi2real.storage import check_bucket, locate
 
 AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper
 
@@ -480,9 +480,7 @@ def prepare_inputs(cfg: TrainConfig, split: dict | None = None) -> TrainingData:
         )
     if sum(len(v) for v in data.val) == 0:
         raise InputError(f"no validation images: give --val DIR or more images per class than {max(_sum_counts(roots).values())}")
-    out = locate(cfg.out, cfg.s3_endpoint)
-    if out.scheme == "s3" and not locate(f"s3://{out.path.split('/')[0]}", cfg.s3_endpoint).exists():
-        raise InputError(f"bucket of --out {out.uri} does not exist")
+    check_bucket(locate(cfg.out, cfg.s3_endpoint), "--out")
     return data
 
 

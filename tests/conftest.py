@@ -3,6 +3,7 @@
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -121,3 +122,17 @@ def ray_cluster():
     ray.init(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+def kill_after_checkpoint(command: list[str], run_folder, env: dict, epoch: int = 1) -> str:
+    """Start `command` in its own session, SIGKILL it (driver and local Ray) once Ray Train has
+    recorded checkpoint `epoch` in `run_folder`; return what it printed."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while not (snapshot.exists() and f"epoch_{epoch:04d}" in snapshot.read_text()):
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    return process.communicate()[0]

@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from cgi2real.cli import app
 from cgi2real.label import LabelTable, to_table
 from cgi2real.model import build_model, load_model_package, package_config, save_model_package
 from cgi2real.storage import locate
-from tests.conftest import upload_folder
+from tests.conftest import kill_after_checkpoint, upload_folder
 
 pytestmark = pytest.mark.slow
 SIZE = 80
@@ -86,15 +84,7 @@ def test_shot_resumes_after_a_kill(source_package, image_root, tmp_path):
     command = [sys.executable, "-m", "cgi2real.cli", "adapt", "--model", source_package, "--data", str(data), "--out", str(out),
                "--method", "shot", "--epochs", "2", "--batch-size", "8", "--storage", str(storage), "--name", "shot"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
-    snapshot = storage / "shot" / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + 300
-    while not (snapshot.exists() and "epoch_0001" in snapshot.read_text()):
-        assert first.poll() is None, first.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first_output = first.communicate()[0]
+    first_output = kill_after_checkpoint(command, storage / "shot", env)
     assert not out.exists(), "the first run finished before it was killed"
     assert "epoch 1/2" in first_output and "self-labels" in first_output
 

@@ -3,11 +3,9 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,7 +18,7 @@ from cgi2real.data import PASTE_BATCH, scan_labeled_dataset, training_rows
 from cgi2real.model import load_model_package
 from cgi2real.checkpoints import SPLIT_JSON
 from cgi2real.train import checkpoint_config, checkpoint_score, pick_best, prepare_inputs, training_datasets
-from tests.conftest import upload_folder
+from tests.conftest import kill_after_checkpoint, upload_folder
 
 pytestmark = pytest.mark.slow
 SMALL = ["--weights", "none", "--image-size", "80", "--batch-size", "8"]
@@ -104,15 +102,7 @@ def test_resume_after_a_kill_continues_from_the_checkpoint_with_its_split(image_
                "--epochs-head", "1", "--epochs-finetune", "2", "--unfreeze-from", "Mixed_7a",
                "--storage", str(storage), "--name", "resume-me"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
-    snapshot = storage / "resume-me" / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + 300
-    while not (snapshot.exists() and "epoch_0001" in snapshot.read_text()):
-        assert first.poll() is None, first.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
-    first_output = first.communicate()[0]
+    first_output = kill_after_checkpoint(command, storage / "resume-me", env)
     assert not out.exists(), "the first run finished before it was killed"
     assert "epoch 1/3" in first_output
     split = json.loads((storage / "resume-me" / "epoch_0001" / SPLIT_JSON).read_text())["roots"][0]
