@@ -1,6 +1,7 @@
 """Model quality from scratch: the CGI -> real recipe, one ablation step at a time, in one run.
 
     python bench/quality.py [--variants A,B,...,final] [--work DIR] [--publish docs/quality]
+    python bench/quality.py --variants F --epochs 8 --synth DIR --tag NAME   # the same recipe on other renders
 
 Every variant trains Inception v3 from random weights (`--weights none`, the whole network, AdamW
 with a cosine schedule) for the same number of image-steps, then is evaluated on the shared
@@ -9,8 +10,10 @@ evaluation sets: `horse_or_human/validation` (CGI, white backgrounds), `cgi2real
 adds one thing to the one before it, so each row of the table measures one choice. The last run,
 "final", trains the CLI's default recipe (the one the ablation chose) for longer.
 
-The rendered training images go to WORK/synth (made once, by `cgi2real.synth`); packages and
-reports to WORK/<variant>/. A variant whose package exists is not trained again, only evaluated,
+The rendered training images go to WORK/synth-<size>px (made once, by `cgi2real.synth`), or come
+from `--synth DIR` (renders made by another version of the renderer, to compare renderers at equal
+compute); packages and reports to WORK/<variant>[-tag]/. `real_dev/val` (real photos) is
+evaluated too, with its balanced accuracy: the number the renderer's changes are judged by. A variant whose package exists is not trained again, only evaluated,
 so a rerun rebuilds the tables. The tables are printed and written to WORK/results.md.
 """
 
@@ -36,6 +39,7 @@ from cgi2real.synth import dataset as synth  # noqa: E402
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 HORSE_OR_HUMAN = os.path.join(SHARED, "horse_or_human", "train")
 EVAL_SETS = {
+    "real_dev/val": os.path.join(SHARED, "real_dev", "val"),
     "horse_or_human/validation": os.path.join(SHARED, "horse_or_human", "validation"),
     "cgi2real_seed/val": os.path.join(SHARED, "cgi2real_seed", "val"),
     "cgi2real_seed/test_real": os.path.join(SHARED, "cgi2real_seed", "test_real"),
@@ -77,7 +81,8 @@ def final_variant(args) -> Variant:
 
 
 def run_name(v: Variant, args) -> str:
-    return f"{v.name}-{v.image_size or args.image_size}px-{v.epochs or args.epochs}ep"
+    tag = f"-{args.tag}" if getattr(args, "tag", None) else ""
+    return f"{v.name}{tag}-{v.image_size or args.image_size}px-{v.epochs or args.epochs}ep"
 
 
 def train_config(v: Variant, args, work: str, synth_root: str, hoh_count: int) -> TrainConfig:
@@ -105,6 +110,8 @@ def recipe_arguments(description: str, work: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synth", help="train on the renders in this folder (made by `cgi2real synth`) instead of rendering WORK/synth-<size>px")
+    parser.add_argument("--tag", help="added to the run names (e.g. the renderer the --synth folder came from)")
     return parser
 
 
@@ -113,8 +120,12 @@ def prepare_work(args) -> tuple[str, str, int, str]:
     if not os.path.isdir(HORSE_OR_HUMAN):
         sys.exit(f"the shared data is not at {SHARED}; this benchmark needs it")
     work = os.path.abspath(args.work)
-    synth_root = os.path.join(work, f"synth-{args.render_size}px")
-    synth.run(SynthConfig(out=synth_root, per_class=args.per_class, size=args.render_size))
+    if getattr(args, "synth", None):
+        synth_root = os.path.abspath(args.synth)
+        args.per_class = min(len(os.listdir(os.path.join(synth_root, c))) for c in ("both", "horse", "human"))
+    else:
+        synth_root = os.path.join(work, f"synth-{args.render_size}px")
+        synth.run(SynthConfig(out=synth_root, per_class=args.per_class, size=args.render_size))
     hoh_count = len(scan_labeled_dataset(HORSE_OR_HUMAN, TrainConfig(data=(), out="").classes, require_every_class=False))
     hardware = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores ({platform.machine()})"
     return work, synth_root, hoh_count, hardware
@@ -178,12 +189,20 @@ def main() -> None:
                 shutil.copyfile(os.path.join(report, name), os.path.join(args.publish, name))
 
 
+def balanced_accuracy(report: dict) -> float:
+    """The mean of the per-class recalls (real_dev/val is not balanced: 150 horse, 150 human, 82 both)."""
+    recalls = [c["recall"] for c in report["per_class"].values()]
+    return sum(recalls) / len(recalls)
+
+
 def results_markdown(rows: list[dict], args, hardware: str) -> str:
     sets = list(EVAL_SETS)
     lines = [
         f"Hardware: {hardware}. Every run: from scratch (`--weights none`, whole network), {args.per_epoch} images "
         f"per epoch, batch {args.batch_size}, AdamW lr {args.lr:g} with a cosine schedule, best epoch by a 10 % "
         "split of the training roots. Cells: accuracy (images) [ECE].",
+        "",
+        f"Renders: {os.path.basename(args.synth) if args.synth else 'rendered by this checkout'}, {args.per_class} per class at {args.render_size} px.",
         "",
         "| run | change | size | epochs | " + " | ".join(sets) + " | split val acc | train time |",
         "|---|---|---|---|" + "---|" * len(sets) + "---|---|",
@@ -193,7 +212,8 @@ def results_markdown(rows: list[dict], args, hardware: str) -> str:
         for name in sets:
             r = row["reports"][name]
             ece = f" [{r['ece']:.2f}]" if "ece" in r else ""
-            cells.append(f"{r['accuracy']:.3f} ({r['n']}){ece}")
+            balanced = f", balanced **{balanced_accuracy(r):.3f}**" if name == "real_dev/val" else ""
+            cells.append(f"{r['accuracy']:.3f} ({r['n']}){balanced}{ece}")
         minutes = f"{row['train_seconds'] / 60:.1f} min" if row["train_seconds"] else "-"
         v, cfg = row["variant"], row["config"]
         lines.append(

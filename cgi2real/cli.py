@@ -283,6 +283,8 @@ def synth(
     counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), masks=masks, s3_endpoint=s3_endpoint))
     rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
     typer.echo(f"wrote {counts['written']} images{rate}, {counts['already']} were there; {counts['redrawn_camera']} needed another camera, {counts['not_visible']} kept a figure below the visibility bar")
+    for label, c in counts.get("coverage", {}).items():
+        typer.echo(f"  {label}: figures cover {c['median']:.0%} of the image (median; 10th-90th percentile {c['p10']:.0%}-{c['p90']:.0%}) in the {c['n']} rendered")
 
 
 @app.command()

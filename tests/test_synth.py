@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import re
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -40,8 +42,8 @@ def test_each_class_shows_what_its_label_says(label):
         kinds = {f["kind"] for f in info["figures"]}
         assert kinds == ({"horse", "human"} if label == "both" else {label}), (seed, info)
         assert info["visible"], (seed, info)
-        for figure in info["figures"]:
-            assert figure["share"] >= {"horse": 0.03, "human": 0.008}[figure["kind"]], (seed, figure)
+        for kind in kinds:
+            assert max(f["share"] for f in info["figures"] if f["kind"] == kind) >= {"horse": 0.03, "human": 0.008}[kind], (seed, info)
 
 
 def test_the_relations_of_both_vary():
@@ -69,6 +71,10 @@ def test_synth_job_writes_class_folders_and_reruns_only_what_is_missing(ray_clus
     out = tmp_path / "cgi"
     output = invoke("synth", "--out", out, "--per-class", 3, "--size", 72, "--seed", 5).output
     assert "wrote 9 images" in output
+    masks = {label: [np.asarray(Image.open(out / "_masks" / label / f"{label}_{i:06d}.png")).mean() / 255 for i in range(3)] for label in DEFAULT_CLASSES}
+    for label in DEFAULT_CLASSES:  # the summary's framing line is the masks' distribution
+        printed = re.search(rf"{label}: figures cover (\d+)% of the image \(median; 10th-90th percentile (\d+)%-(\d+)%\) in the 3 rendered", output)
+        assert printed and abs(int(printed[1]) - 100 * np.median(masks[label])) <= 1, (output, masks)
     for label in DEFAULT_CLASSES:
         assert sorted(os.listdir(out / label)) == [f"{label}_{i:06d}.jpg" for i in range(3)]
     same = render_scene("horse", 5 * 1_000_003 + 1, 72).image
@@ -97,26 +103,70 @@ def test_unknown_class_is_refused():
     assert "cannot draw zebra" in invoke("synth", "--out", "/tmp/x", "--per-class", 1, "--classes", "horse,zebra", code=2).stderr
 
 
-def _render_set(per_class: int, first_seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
-    for y, label in enumerate(DEFAULT_CLASSES):
-        for i in range(per_class):
-            images.append(np.asarray(render_scene(label, first_seed + i, size).image))
-            labels.append(y)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, torch.tensor(labels)
+def _render(job: tuple[str, int]):
+    rendering = render_scene(job[0], job[1], RENDER_SIZE)
+    return np.asarray(rendering.image), np.asarray(rendering.mask), rendering.info
+
+
+RENDER_SIZE, PER_CLASS = 64, 300
+
+
+@pytest.fixture(scope="module")
+def renders() -> dict[str, list]:
+    """300 renders per class at 64 px (seeds 0-299): images, masks and what each shows, in two processes."""
+    with ProcessPoolExecutor(2) as pool:
+        done = list(pool.map(_render, [(label, i) for label in DEFAULT_CLASSES for i in range(PER_CLASS)], chunksize=25))
+    return {label: done[k * PER_CLASS:(k + 1) * PER_CLASS] for k, label in enumerate(DEFAULT_CLASSES)}
 
 
 @pytest.mark.slow
-def test_a_small_cnn_learns_the_classes_from_renders():
-    """Train a 4-block CNN on 450 renders (64 px), test on 150 others: it must beat chance (1/3) widely.
+def test_figures_are_framed_as_in_photographs(renders):
+    """Figure share of the image, from the masks, over 300 renders per class: photographs' range.
 
-    Asserted: accuracy >= 0.5. Measured on the dev VM with seeds 0, 1, 2: 0.69, 0.66, 0.68 (train
-    accuracy about 0.78). With 150 test images the standard error is about 0.04: 0.5 sits four of
-    them below what this recipe reaches, and four above chance.
+    Target (issue 12, from real photos): median between 20 % and 35 %, 10th percentile at least
+    5 %, 90th at least 40 %. Measured at 64 px (seeds 0-299), p10 / median / p90: both 0.108 /
+    0.274 / 0.477, horse 0.093 / 0.270 / 0.576, human 0.062 / 0.250 / 0.497.
+    """
+    for label, done in renders.items():
+        shares = [mask.mean() / 255 for _, mask, _ in done]
+        p10, p50, p90 = np.percentile(shares, [10, 50, 90])
+        assert 0.20 <= p50 <= 0.35 and p10 >= 0.05 and p90 >= 0.40, f"{label}: p10 {p10:.3f}, median {p50:.3f}, p90 {p90:.3f}"
+        assert len({info["framing"] for _, _, info in done}) >= 3, label
+
+
+@pytest.mark.slow
+def test_no_backdrop_or_animal_gives_the_class_away(renders):
+    """Backdrops and hard-negative animals are drawn alike for every class: a chi-square test of
+    independence (backdrop x class, animals x class) stays under its 0.1 % critical value."""
+    def chi_square(table: np.ndarray) -> float:
+        expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+        return float(((table - expected) ** 2 / expected).sum())
+
+    backdrops = sorted({info["backdrop"] for done in renders.values() for _, _, info in done})
+    assert len(backdrops) >= 6, backdrops
+    by_backdrop = np.array([[sum(info["backdrop"] == b for _, _, info in renders[label]) for b in backdrops] for label in DEFAULT_CLASSES])
+    assert chi_square(by_backdrop) < {6: 29.59, 7: 32.91}.get(len(backdrops) - 1, 29.59), by_backdrop  # df = 2 x (backdrops - 1)
+    with_animals = np.array([[sum(bool(info["animals"]) == a for _, _, info in renders[label]) for a in (False, True)] for label in DEFAULT_CLASSES])
+    assert chi_square(with_animals) < 13.82 and with_animals[:, 1].min() >= 30, with_animals  # df = 2
+    animals = {a for _, _, info in renders["human"] for a in info["animals"]}
+    assert {"cattle", "dog", "deer"} <= animals and "horse" not in animals, animals
+
+
+@pytest.mark.slow
+def test_a_small_cnn_learns_the_classes_from_renders(renders):
+    """Train a 4-block CNN on 225 renders per class (64 px), test on the other 75: it must beat chance (1/3) widely.
+
+    Asserted: accuracy >= 0.5. Measured on the dev VM: 0.618 (the previous renderer's easier
+    scenes gave 0.66-0.69). With 225 test images the standard error is about 0.03: 0.5 sits
+    almost four of them below, and five above chance.
     """
     torch.manual_seed(0)
-    x_train, y_train = _render_set(150, 0, 64)
-    x_test, y_test = _render_set(50, 100_000, 64)
+    split = 225
+    x = {label: torch.from_numpy(np.stack([image for image, _, _ in done])).permute(0, 3, 1, 2).float() / 255 for label, done in renders.items()}
+    x_train = torch.cat([x[label][:split] for label in DEFAULT_CLASSES])
+    y_train = torch.arange(3).repeat_interleave(split)
+    x_test = torch.cat([x[label][split:] for label in DEFAULT_CLASSES])
+    y_test = torch.arange(3).repeat_interleave(PER_CLASS - split)
 
     def block(i, o):
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))

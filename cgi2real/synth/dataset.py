@@ -11,6 +11,7 @@ import io
 import json
 import time
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from cgi2real.classes import DEFAULT_CLASSES
@@ -89,6 +90,7 @@ def run(cfg: SynthConfig) -> dict:
     else:
         print(f"rendering {total} images at {cfg.size} px into {root.uri}", flush=True)
     counts = {"written": 0, "already": total - len(todo), "redrawn_camera": 0, "not_visible": 0}
+    coverage = {c: [] for c in cfg.classes}  # the share of each new image its figures cover
     if todo:
         import ray.data
 
@@ -106,15 +108,23 @@ def run(cfg: SynthConfig) -> dict:
                 counts["written"] += 1
                 counts["redrawn_camera"] += info["attempts"] > 1
                 counts["not_visible"] += not info["visible"]
+                coverage[info["label"]].append(info["coverage"])
             if time.monotonic() - last >= PROGRESS_SECONDS:
                 last = time.monotonic()
                 print(f"  {counts['written']}/{len(todo)} rendered ({counts['written'] / (last - start):.1f} img/s)", flush=True)
         counts["seconds"] = time.monotonic() - start
+        counts["coverage"] = {c: framing_summary(v) for c, v in coverage.items() if v}
     try:
         root.child(SETTINGS_FILE).write_bytes(json.dumps({**settings, "per_class": cfg.per_class, "classes": list(cfg.classes)}).encode())
     except OSError as e:
         raise InputError(f"cannot write to {root.uri}: {first_line(e)}") from None
     return counts
+
+
+def framing_summary(coverage: list[float]) -> dict:
+    """The distribution of figure shares (a mask's mean): 10th, 50th and 90th percentile, and how many."""
+    p10, p50, p90 = np.percentile(coverage, [10, 50, 90])
+    return {"p10": float(p10), "median": float(p50), "p90": float(p90), "n": len(coverage)}
 
 
 def _check_settings(root: Location, settings: dict) -> None:

@@ -1,11 +1,13 @@
-"""Procedural scenes of horses, people and both: articulated figures, scenery, camera, light.
+"""Procedural scenes of horses, people and both, framed the way photographs frame them.
 
-Domain randomization: every image draws its own proportions, pose, coat/skin/clothing colours and
-patterns, camera distance, angle and field of view, sun, sky, ground and clutter, so that a model
-trained on them has to rely on the figures' shapes. Figures are built in their own frame (x
-forward, y up, z to the left, metres, standing on y = 0) from ellipsoids and capsules, then
-turned and placed. `render_scene` also reports what it drew, and it redraws the camera until every
-figure the label promises is plainly visible.
+Domain randomization: every image draws its own figures (proportions, pose, coat, skin, clothes),
+a backdrop (fields, parks, paddocks, streets, building fronts, rooms, stables; drawn the same way
+for every class, so that no backdrop gives the class away), other animals that are not horses
+(as often in every class), light, and a camera. The camera model picks a photographer's framing
+first (a wide shot, the whole figure, three-quarter, waist-up or head-and-shoulders for people,
+a head or the front half for horses, a rider filling the frame) and then places itself so that the
+framed part fills the frame; figures may be cut by the frame, as in photos. `render_scene`
+reports what it drew and redraws the camera until every figure the label promises is visible.
 """
 
 import math
@@ -14,198 +16,249 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from cgi2real.synth.render import Camera, Material, Primitive, Scene, normalize, render
+from cgi2real.synth.figures import HARD_NEGATIVES, HORSE_POSES, HUMAN_POSES, SPECIES_SCALE, Body, build_human, build_quadruped, colour
+from cgi2real.synth.render import Camera, Material, Primitive, Scene, depth_of_field, normalize, render, trace
 
-HORSE_COATS = [(0.42, 0.22, 0.1), (0.55, 0.27, 0.1), (0.1, 0.08, 0.07), (0.62, 0.6, 0.56), (0.85, 0.83, 0.78),
-               (0.8, 0.62, 0.3), (0.62, 0.5, 0.33), (0.3, 0.2, 0.15)]  # bay, chestnut, black, grey, white, palomino, dun, brown
-SKIN = [(0.96, 0.8, 0.69), (0.88, 0.67, 0.52), (0.72, 0.52, 0.38), (0.55, 0.37, 0.25), (0.36, 0.23, 0.15)]
-HAIR = [(0.08, 0.06, 0.05), (0.3, 0.18, 0.1), (0.75, 0.6, 0.35), (0.6, 0.6, 0.6), (0.55, 0.22, 0.08)]
 SKIES = [((0.75, 0.85, 0.95), (0.25, 0.45, 0.85)), ((0.75, 0.75, 0.78), (0.55, 0.57, 0.62)), ((0.95, 0.65, 0.4), (0.3, 0.3, 0.55))]
-GROUNDS = [((0.3, 0.5, 0.2), (0.22, 0.38, 0.14)), ((0.65, 0.6, 0.35), (0.5, 0.45, 0.25)), ((0.8, 0.72, 0.55), (0.7, 0.6, 0.45)),
-           ((0.4, 0.3, 0.2), (0.3, 0.22, 0.15)), ((0.92, 0.93, 0.95), (0.8, 0.82, 0.88))]  # grass, dry grass, sand, dirt, snow
-HORSE_POSES = ("stand", "walk", "trot", "gallop", "graze")
-HUMAN_POSES = ("stand", "walk", "wave", "point")
-SUPERSAMPLE = 2  # rays per pixel side; the image is box-filtered down (anti-aliasing)
+GROUNDS = {
+    "open": [((0.3, 0.5, 0.2), (0.22, 0.38, 0.14)), ((0.65, 0.6, 0.35), (0.5, 0.45, 0.25)), ((0.8, 0.72, 0.55), (0.7, 0.6, 0.45)),
+             ((0.4, 0.3, 0.2), (0.3, 0.22, 0.15)), ((0.92, 0.93, 0.95), (0.8, 0.82, 0.88))],  # grass, dry grass, sand, dirt, snow
+    "street": [((0.3, 0.3, 0.32), (0.22, 0.22, 0.24)), ((0.45, 0.43, 0.4), (0.35, 0.34, 0.32))],  # asphalt, worn asphalt
+    "paving": [((0.6, 0.58, 0.55), (0.5, 0.48, 0.46)), ((0.55, 0.4, 0.32), (0.45, 0.33, 0.27)), ((0.7, 0.7, 0.7), (0.6, 0.6, 0.62))],
+    "floor": [((0.55, 0.38, 0.22), (0.45, 0.3, 0.17)), ((0.75, 0.72, 0.68), (0.6, 0.58, 0.55)), ((0.35, 0.25, 0.18), (0.28, 0.2, 0.14))],
+    "straw": [((0.8, 0.68, 0.4), (0.65, 0.52, 0.3)), ((0.5, 0.4, 0.28), (0.4, 0.32, 0.22))],
+}
+WALLS = [(0.85, 0.82, 0.75), (0.75, 0.65, 0.5), (0.6, 0.3, 0.22), (0.55, 0.55, 0.58), (0.9, 0.9, 0.88), (0.45, 0.5, 0.55), (0.7, 0.55, 0.45)]
+# Backdrops and their probabilities: the same for every class (a test holds it).
+BACKDROPS = {"field": 0.2, "park": 0.1, "paddock": 0.1, "street": 0.2, "building": 0.15, "room": 0.13, "stable": 0.12}
+# Framings per class: (probability, what the frame is fitted to, how much of the frame it fills).
+FRAMINGS = {
+    "human": {"wide": (0.1, "all", (0.3, 0.55)), "full": (0.3, "person", (0.7, 1.0)), "three_quarter": (0.2, "to_knees", (0.85, 1.05)),
+              "waist_up": (0.25, "to_waist", (0.85, 1.1)), "head_shoulders": (0.15, "to_chest", (0.85, 1.1))},
+    "horse": {"wide": (0.1, "all", (0.25, 0.5)), "full": (0.5, "horse", (0.7, 1.0)), "front": (0.2, "horse_front", (0.85, 1.1)),
+              "head": (0.2, "horse_head", (0.8, 1.1))},
+    "both": {"wide": (0.1, "all", (0.25, 0.5)), "full": (0.55, "pair", (0.7, 1.0)), "close": (0.35, "rider", (0.85, 1.1))},
+}
+CLOSE_FRAMINGS = {"three_quarter", "waist_up", "head_shoulders", "front", "head", "close"}  # a lens blurs the background
+HARD_NEGATIVE_PROB = 0.25  # images with another animal (not a horse) in them; the same for every class
+# Least share of the image each figure must cover, so that the label is true to a viewer.
+MIN_SHARE = {"horse": 0.03, "human": 0.008}
 
 
-def _colour(rng: np.random.Generator, palette, randomize: float = 0.2) -> tuple:
-    """A palette colour with a little variation, or (with probability `randomize`) any colour."""
-    if rng.random() < randomize:
-        return tuple(rng.uniform(0.05, 0.95, 3))
-    base = np.asarray(palette[rng.integers(len(palette))])
-    return tuple((base * rng.uniform(0.85, 1.15) + rng.normal(0, 0.03, 3)).clip(0, 1))
+class Figure(NamedTuple):
+    kind: str  # horse | human
+    marks: dict  # named points in the world (head top, waist, muzzle, hooves, ...)
 
 
-def _direction(angle: float, spread: float = 0.0) -> np.ndarray:
-    """A unit vector `angle` radians forward of straight down, tilted `spread` radians sideways (+z)."""
-    return np.array([math.sin(angle), -math.cos(angle) * math.cos(spread), math.cos(angle) * math.sin(spread)])
-
-
-class Body:
-    """Primitives of one figure in its own frame, with named materials."""
-
-    def __init__(self, scene: Scene, figure: int):
-        self.scene, self.figure, self.parts, self.materials = scene, figure, [], {}
-
-    def material(self, name: str, material: Material) -> None:
-        self.materials[name] = self.scene.add_material(material)
-
-    def capsule(self, a, b, radius: float, material: str) -> None:
-        self.parts.append(Primitive("capsule", self.materials[material], self.figure, a=np.asarray(a, float), b=np.asarray(b, float), radius=radius))
-
-    def ellipsoid(self, center, radii, material: str, axis=None) -> None:
-        """An ellipsoid whose first radius lies along `axis` (default: x)."""
-        x = normalize(np.asarray(axis if axis is not None else (1.0, 0, 0), float))
-        helper = np.array([0.0, 0, 1]) if abs(x[2]) < 0.9 else np.array([0.0, 1, 0])
-        y = normalize(np.cross(helper, x))
-        rotation = np.stack([x, y, np.cross(x, y)], axis=1)
-        self.parts.append(Primitive("ellipsoid", self.materials[material], self.figure, center=np.asarray(center, float), rotation=rotation, radii=np.asarray(radii, float)))
-
-    def limb(self, start, angles, lengths, radii, materials, spread: float = 0.0) -> np.ndarray:
-        """A chain of capsules from `start`; returns the end point."""
-        point = np.asarray(start, float)
-        for angle, length, radius, material in zip(angles, lengths, radii, materials):
-            end = point + length * _direction(angle, spread)
-            self.capsule(point, end, radius, material)
-            point = end
-        return point
-
-    def place(self, position, yaw: float, scale: float = 1.0) -> list[Primitive]:
-        """The primitives scaled, turned `yaw` radians about the vertical axis and moved to `position`."""
-        c, s = math.cos(yaw), math.sin(yaw)
-        turn = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-        move = lambda p: turn @ (p * scale) + np.asarray(position, float)  # noqa: E731
-        placed = []
-        for p in self.parts:
-            if p.kind == "capsule":
-                placed.append(Primitive("capsule", p.material, p.figure, a=move(p.a), b=move(p.b), radius=p.radius * scale))
-            else:
-                placed.append(Primitive("ellipsoid", p.material, p.figure, center=move(p.center), rotation=turn @ p.rotation, radii=p.radii * scale))
-        return placed
-
-    def lowest(self) -> float:
-        """The lowest point of the figure (to stand it on the ground)."""
-        lows = [min(p.a[1], p.b[1]) - p.radius if p.kind == "capsule" else p.center[1] - p.radii.max() for p in self.parts]
-        return min(lows)
-
-
-def build_horse(scene: Scene, figure: int, rng: np.random.Generator, pose: str) -> Body:
-    """A horse: barrel, chest and rump, four jointed legs with hooves, neck with mane, head with ears and muzzle, tail."""
-    body = Body(scene, figure)
-    coat = _colour(rng, HORSE_COATS)
-    pinto = rng.random() < 0.2
-    body.material("coat", Material(coat, "patches" if pinto else "solid", (0.93, 0.92, 0.9), rng.uniform(1.5, 4), 0.15))
-    body.material("hair", Material(_colour(rng, [(0.05, 0.04, 0.04), tuple(np.asarray(coat) * 0.5), (0.85, 0.8, 0.65)], 0.1)))
-    body.material("hoof", Material((0.12, 0.11, 0.1), shine=0.2))
-    body.material("sock", Material((0.93, 0.92, 0.9)))  # white lower legs, on some horses
-    body.material("eye", Material((0.03, 0.03, 0.03), shine=0.6))
-    length, legs, neck = rng.uniform(0.9, 1.1), rng.uniform(0.9, 1.1), rng.uniform(0.85, 1.15)
-
-    body.ellipsoid((0, 1.35, 0), (0.72 * length, 0.33, 0.29), "coat")  # barrel
-    body.ellipsoid((0.5 * length, 1.38, 0), (0.33, 0.37, 0.27), "coat")  # chest
-    body.ellipsoid((-0.5 * length, 1.42, 0), (0.36, 0.37, 0.29), "coat")  # rump
-
-    # Neck and head: the neck rises at `lift`; the head hangs down from its end.
-    lift = math.radians(rng.uniform(-55, -35) if pose == "graze" else rng.uniform(35, 70))
-    base = np.array([0.62 * length, 1.55, 0])
-    along = np.array([math.cos(lift), math.sin(lift), 0])
-    up = np.array([-math.sin(lift), math.cos(lift), 0])
-    poll = base + 0.75 * neck * along
-    body.capsule(base, base + 0.45 * neck * along, 0.18, "coat")
-    body.capsule(base + 0.4 * neck * along, poll, 0.12, "coat")
-    body.capsule(base + 0.12 * up, poll + 0.08 * up, 0.05, "hair")  # mane
-    head_angle = lift - math.radians(rng.uniform(100, 125))
-    head_dir = np.array([math.cos(head_angle), math.sin(head_angle), 0])
-    muzzle = poll + 0.5 * head_dir
-    body.ellipsoid(poll + 0.08 * head_dir, (0.15, 0.12, 0.1), "coat", head_dir)  # cheek
-    body.capsule(poll + 0.1 * head_dir, muzzle, 0.085, "coat")
-    body.ellipsoid(muzzle, (0.1, 0.09, 0.085), "coat", head_dir)
-    for side in (-1, 1):
-        ear = poll - 0.02 * head_dir + np.array([0, 0, 0.055 * side])
-        body.capsule(ear, ear + 0.13 * normalize(along + 0.6 * up - 0.3 * head_dir), 0.028, "coat")
-        body.ellipsoid(poll + 0.17 * head_dir + np.array([0, 0.03, 0.085 * side]), (0.028, 0.028, 0.02), "eye")
-
-    # Tail: two segments from the rump, the second hanging lower.
-    root = np.array([-0.86 * length, 1.55, 0])
-    bend = rng.uniform(0.15, 0.6) if pose != "gallop" else rng.uniform(0.9, 1.3)
-    mid = body.limb(root, [-bend - 0.3], [0.3], [0.055], ["hair"])
-    body.limb(mid, [-bend * 0.5], [0.45], [0.075], ["hair"])
-
-    # Legs: a gait phase per leg; a flexed leg swings forward with its lower joints folded.
-    amplitude = {"stand": 0.05, "graze": 0.05, "walk": 0.25, "trot": 0.38, "gallop": 0.6}[pose]
-    offsets = {"walk": (0, 0.5, 0.75, 0.25), "trot": (0, 0.5, 0.5, 0), "gallop": (0, 0.1, 0.5, 0.6)}.get(pose, tuple(rng.uniform(0, 1, 4)))
-    phase = rng.uniform(0, 1)
-    socks = rng.random() < 0.25
-    sock = [socks and rng.random() < 0.6 for _ in range(4)]
-    tops = [(0.5 * length, 1.15, 0.15), (0.5 * length, 1.15, -0.15), (-0.55 * length, 1.25, 0.16), (-0.55 * length, 1.25, -0.16)]
-    for i, (top, offset) in enumerate(zip(tops, offsets)):
-        cycle = 2 * math.pi * (phase + offset)
-        swing = amplitude * math.sin(cycle) + rng.normal(0, 0.03)
-        flex = max(0.0, math.cos(cycle)) * amplitude * 2.2
-        lower = "sock" if sock[i] else "coat"
-        if i < 2:  # front: forearm, cannon, pastern
-            end = body.limb(top, [swing, swing - flex * 1.3, swing - flex * 0.7 + 0.3], [0.5 * legs, 0.4 * legs, 0.16], [0.085, 0.05, 0.045], ["coat", lower, lower])
-        else:  # hind: thigh, gaskin, cannon, pastern (the hock points back)
-            end = body.limb(top, [swing + 0.3, swing - 0.55, swing - flex * 1.1, swing - flex + 0.3], [0.4, 0.4 * legs, 0.34 * legs, 0.15], [0.12, 0.075, 0.05, 0.045], ["coat", "coat", lower, lower])
-        body.ellipsoid(end + np.array([0.02, -0.02, 0]), (0.075, 0.055, 0.065), "hoof")
-    return body
-
-
-def build_human(scene: Scene, figure: int, rng: np.random.Generator, pose: str) -> Body:
-    """A person: head with hair and nose, neck, torso, pelvis, jointed arms with hands, jointed legs with feet."""
-    body = Body(scene, figure)
-    body.material("skin", Material(_colour(rng, SKIN, 0.1), shine=0.1))
-    body.material("hair", Material(_colour(rng, HAIR, 0.1)))
-    body.material("shirt", Material(tuple(rng.uniform(0.05, 0.95, 3)), "stripes" if rng.random() < 0.2 else "solid", tuple(rng.uniform(0.05, 0.95, 3)), rng.uniform(4, 10)))
-    body.material("trousers", Material(_colour(rng, [(0.15, 0.2, 0.4), (0.1, 0.1, 0.1), (0.6, 0.55, 0.4), (0.3, 0.25, 0.2)], 0.3)))
-    body.material("shoes", Material(_colour(rng, [(0.1, 0.08, 0.07), (0.35, 0.2, 0.1), (0.9, 0.9, 0.9)], 0.1), shine=0.3))
-    seated = pose == "ride"
-
-    body.ellipsoid((0, 0.95, 0), (0.12, 0.11, 0.17), "trousers")  # pelvis
-    body.ellipsoid((0, 1.2, 0), (0.12, 0.24, 0.18), "shirt")  # belly
-    body.ellipsoid((0.01, 1.35, 0), (0.13, 0.13, 0.2), "shirt")  # chest
-    body.capsule((0, 1.45, 0), (0.01, 1.55, 0), 0.05, "skin")
-    body.ellipsoid((0.01, 1.65, 0), (0.1, 0.12, 0.09), "skin")  # head
-    body.ellipsoid((-0.015, 1.69, 0), (0.105, 0.1, 0.095), "hair")
-    body.ellipsoid((0.105, 1.64, 0), (0.025, 0.03, 0.02), "skin")  # nose
-
-    walk = rng.uniform(0, 2 * math.pi)
-    for side in (-1, 1):
-        # Arms: upper arm, forearm, hand.
-        if pose == "walk":
-            arm, elbow = 0.35 * math.sin(walk + math.pi * (side > 0)), 0.3
-        elif pose == "wave" and side > 0:
-            arm, elbow = rng.uniform(2.4, 2.9), rng.uniform(-0.3, 0.3)
-        elif (pose == "point" and side > 0) or (pose == "lead" and side < 0):
-            arm, elbow = rng.uniform(1.0, 1.5), rng.uniform(0, 0.3)
-        elif seated:
-            arm, elbow = rng.uniform(0.2, 0.5), rng.uniform(0.8, 1.2)  # holding the reins
-        else:
-            arm, elbow = rng.uniform(-0.15, 0.2), rng.uniform(0, 0.4)
-        hand = body.limb((0, 1.42, 0.2 * side), [arm, arm + elbow], [0.29, 0.27], [0.05, 0.042], ["shirt", "skin"], spread=side * rng.uniform(0.05, 0.25))
-        body.ellipsoid(hand + 0.04 * _direction(arm + elbow), (0.06, 0.045, 0.03), "skin", _direction(arm + elbow))
-        # Legs: thigh, shin, foot. Seated riders straddle: thighs forward and apart.
-        if seated:
-            hip, knee, spread = rng.uniform(1.2, 1.5), rng.uniform(1.2, 1.6), side * rng.uniform(0.45, 0.6)
-        elif pose == "walk":
-            hip = 0.35 * math.sin(walk + math.pi * (side < 0))
-            knee, spread = max(0.0, math.cos(walk + math.pi * (side < 0))) * 0.6, side * 0.04
-        else:
-            hip, knee, spread = rng.uniform(-0.08, 0.08), rng.uniform(0, 0.1), side * rng.uniform(0.02, 0.12)
-        ankle = body.limb((0, 0.92, 0.09 * side), [hip, hip - knee], [0.44, 0.43], [0.075, 0.055], ["trousers", "trousers"], spread=spread)
-        body.ellipsoid(ankle + np.array([0.06, -0.03, 0]), (0.12, 0.045, 0.05), "shoes")
-    return body
-
-
-def _palette_scene(rng: np.random.Generator) -> Scene:
+def _light_and_ground(rng: np.random.Generator, backdrop: str) -> Scene:
+    """A scene with a sun, a sky and a ground that suit the backdrop (a random colour sometimes)."""
+    ground_kind, pattern = {"street": ("street", "asphalt"), "building": ("paving", "tiles"), "room": ("floor", str(rng.choice(["planks", "tiles"]))),
+                            "stable": ("straw", "noise")}.get(backdrop, ("open", "noise"))
+    palette = GROUNDS[ground_kind]
+    ground = palette[rng.integers(len(palette))] if rng.random() > 0.1 else (tuple(rng.uniform(0.1, 0.9, 3)), tuple(rng.uniform(0.1, 0.9, 3)))
     sky = SKIES[rng.integers(len(SKIES))] if rng.random() > 0.15 else (tuple(rng.uniform(0.3, 1, 3)), tuple(rng.uniform(0.1, 0.9, 3)))
-    ground = GROUNDS[rng.integers(len(GROUNDS))] if rng.random() > 0.15 else (tuple(rng.uniform(0.1, 0.9, 3)), tuple(rng.uniform(0.1, 0.9, 3)))
     elevation, azimuth = rng.uniform(0.35, 1.3), rng.uniform(0, 2 * math.pi)
     sun = np.array([math.cos(elevation) * math.cos(azimuth), math.sin(elevation), math.cos(elevation) * math.sin(azimuth)])
-    return Scene(sun=sun, sky=sky, ground=ground, ground_scale=rng.uniform(0.15, 0.8), haze=rng.uniform(0.002, 0.03), noise=rng.normal(size=(4, 4)))
+    indoor = backdrop in ("room", "stable")
+    return Scene(sun=sun, sky=sky, ground=ground, ground_scale=rng.uniform(0.15, 0.8) if not indoor else rng.uniform(0.5, 2), ground_pattern=pattern,
+                 haze=rng.uniform(0.002, 0.03) if not indoor else 0.0, noise=rng.normal(size=(4, 4)), grain=rng.normal(size=(8, 4)))
 
 
-def _add_clutter(scene: Scene, rng: np.random.Generator, center: np.ndarray, clear: float, count: int, toward: float | None = None) -> None:
+def compose(label: str, rng: np.random.Generator, scene: Scene) -> list[Figure]:
+    """Build and place the figures for `label` in `scene`; returns them with their marks in the world."""
+    figures = []
+
+    def add(kind: str, pose: str, position, yaw: float, scale: float, on_ground: bool = True, **info):
+        number = len(scene.figures)
+        body = build_quadruped(scene, number, rng, pose) if kind == "horse" else build_human(scene, number, rng, pose)
+        position = np.array(position, float)
+        if on_ground:
+            position[1] = -body.lowest() * scale
+        scene.figures.append({"kind": kind, "pose": pose, **info})
+        scene.primitives += body.place(position, yaw, scale)
+        figures.append(Figure(kind, body.placed_marks(position, yaw, scale)))
+        return position
+
+    yaw = rng.uniform(0, 2 * math.pi)
+    if label == "horse":
+        for k in range(1 if rng.random() < 0.8 else 2):
+            add("horse", str(rng.choice(HORSE_POSES)), (k * rng.uniform(1.5, 3), 0, k * rng.uniform(-3, 3)), yaw + k * rng.normal(0, 0.8), rng.uniform(0.85, 1.15))
+    elif label == "human":
+        count = int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))  # alone, a pair, a group
+        walking = rng.random() < 0.4  # pedestrians: all walking the same way
+        for k in range(count):
+            pose = "walk" if walking else str(rng.choice(HUMAN_POSES))
+            spot = (rng.normal(0, 0.6) * (k > 0) - (1.2 * k if walking else 0), 0, k * rng.uniform(0.6, 1.2) * (-1) ** k)
+            add("human", pose, spot, yaw + rng.normal(0, 0.1 if walking else 0.5), rng.uniform(0.75, 1.1))
+    else:
+        relation = str(rng.choice(["riding", "riding", "leading", "beside"]))
+        horse_scale = rng.uniform(0.9, 1.15)
+        horse_at = add("horse", str(rng.choice(["stand", "walk", "trot"] if relation != "beside" else HORSE_POSES)), (0, 0, 0), yaw, horse_scale, relation=relation)
+        turn = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
+        side = int(rng.choice([-1, 1]))
+        if relation == "riding":
+            saddle = Body(scene, 0)
+            saddle.material("leather", Material(colour(rng, [(0.35, 0.2, 0.1), (0.1, 0.08, 0.06)], 0.1), shine=0.3))
+            saddle.material("pad", Material(colour(rng, [(0.9, 0.9, 0.88), (0.15, 0.2, 0.45), (0.5, 0.1, 0.1)], 0.3)))
+            saddle.ellipsoid((0.05, 1.64, 0), (0.38, 0.05, 0.34), "pad")
+            saddle.ellipsoid((0.05, 1.68, 0), (0.28, 0.07, 0.31), "leather")
+            scene.primitives += saddle.place(horse_at, yaw, horse_scale)
+            rider_scale = rng.uniform(0.85, 1.0)
+            seat = horse_at + turn @ (np.array([0.05, 1.74, 0]) * horse_scale)
+            add("human", "ride", seat - np.array([0, 0.86 * rider_scale, 0]), yaw, rider_scale, on_ground=False, relation=relation)
+        elif relation == "leading":
+            add("human", "lead", turn @ np.array([rng.uniform(1.0, 1.4), 0, side * rng.uniform(0.5, 0.7)]), yaw, rng.uniform(0.8, 1.05), relation=relation)
+        else:
+            add("human", str(rng.choice(["stand", "wave", "point"])), turn @ np.array([rng.uniform(-0.7, 0.5), 0, side * rng.uniform(0.7, 1.1)]), rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.05), relation=relation)
+    return figures
+
+
+def _framed_points(fit: str, figures: list[Figure]) -> np.ndarray:
+    """The world points a framing fits into the frame (N, 3)."""
+    person = next((f for f in figures if f.kind == "human"), None)
+    horse = next((f for f in figures if f.kind == "horse"), None)
+
+    def marks(figure, *prefixes):
+        return [p for name, p in figure.marks.items() if not prefixes or name.startswith(prefixes)]
+
+    if fit == "all":
+        return np.array([p for f in figures for p in marks(f)])
+    if fit in ("person", "horse"):
+        return np.array(marks(person if fit == "person" else horse))
+    if fit == "pair":
+        return np.array(marks(horse) + marks(person))
+    if fit in ("to_knees", "to_waist", "to_chest"):
+        low = {"to_knees": ("knee",), "to_waist": ("waist",), "to_chest": ("chest",)}[fit]
+        return np.array(marks(person, "top", "shoulder", *low))
+    if fit == "horse_front":
+        return np.array(marks(horse, "ears", "muzzle", "withers", "hoof0", "hoof1", "neck"))
+    if fit == "horse_head":
+        return np.array(marks(horse, "ears", "muzzle", "poll", "neck"))
+    assert fit == "rider", fit
+    if person.marks["top"][1] > horse.marks["withers"][1] + 0.5:  # mounted: the rider to the knees and the horse's head
+        return np.array(marks(person, "top", "knee", "shoulder") + marks(horse, "ears", "muzzle", "neck"))
+    return np.array(marks(person, "top", "waist") + marks(horse, "ears", "muzzle"))
+
+
+def frame_camera(points: np.ndarray, fill: float, rng: np.random.Generator, size: int) -> tuple[Camera, float]:
+    """A camera from which `points` span `fill` of the frame (its larger side); returns it and its distance.
+
+    A pinhole projects a length L at distance d to L * focal / d pixels, so two corrections of
+    the distance by the measured span land on the target (the first guess ignores perspective).
+    """
+    center = (points.min(0) + points.max(0)) / 2
+    extent = float(np.ptp(points, 0).max()) + 0.1
+    fov = rng.uniform(25, 55)
+    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(-0.1, 0.35)
+    toward = np.array([math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)])
+    target = center + rng.normal(0, 0.06 * extent, 3)  # photographers do not always centre
+    distance = extent / (2 * math.tan(math.radians(fov) / 2) * fill)
+    for _ in range(2):
+        eye = target + distance * toward
+        eye[1] = max(eye[1], 0.3)
+        camera = Camera.look_at(eye, target, fov, size)
+        local = (points - camera.position) @ camera.rotation
+        depth = np.maximum(-local[:, 2], 0.05)
+        span = max(np.ptp(local[:, 0] / depth), np.ptp(local[:, 1] / depth)) * camera.focal / size
+        distance *= span / fill
+    eye = target + distance * toward
+    eye[1] = max(eye[1], 0.3)
+    return Camera.look_at(eye, target, fov, size), float(np.linalg.norm(eye - center))
+
+
+def _box(body: Body, center, half, material: str, yaw: float = 0.0, shadow: bool = True) -> None:
+    c, s = math.cos(yaw), math.sin(yaw)
+    rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    body.parts.append(Primitive("box", body.materials[material], -1, center=np.asarray(center, float), rotation=rotation, radii=np.asarray(half, float), shadow=shadow))
+
+
+def _wall_material(rng: np.random.Generator, along: np.ndarray, pattern: str | None = None) -> Material:
+    pattern = pattern or str(rng.choice(["solid", "bricks", "windows", "windows", "planks"]))
+    glass = colour(rng, [(0.15, 0.18, 0.22), (0.35, 0.45, 0.55), (0.1, 0.1, 0.1)], 0.0)
+    mortar = colour(rng, [(0.8, 0.78, 0.72), (0.4, 0.38, 0.35)], 0.0)
+    return Material(colour(rng, WALLS, 0.2), pattern, glass if pattern == "windows" else mortar, rng.uniform(3, 8), 0.05, grain=0.08, across=tuple(along))
+
+
+def add_backdrop(scene: Scene, rng: np.random.Generator, backdrop: str, center: np.ndarray, eye: np.ndarray, clear: float) -> None:
+    """Scenery for `backdrop` around the figures at `center`, seen from `eye`; nothing within `clear` m of the figures."""
+    view = center - eye
+    view[1] = 0
+    view = normalize(view) if np.linalg.norm(view) > 1e-6 else np.array([1.0, 0, 0])
+    across = np.array([-view[2], 0, view[0]])
+    yaw = math.atan2(-view[2], view[0])  # turns a box's x axis onto `view`
+    body = Body(scene, -1)
+    ground_center = np.array([center[0], 0, center[2]])
+    if backdrop in ("field", "park", "paddock"):
+        _add_clutter(scene, rng, ground_center, clear + 1.5, int(rng.integers(1, 7)) + (5 if backdrop == "park" else 0), kinds=("tree", "bush") if backdrop == "park" else None)
+        if backdrop == "paddock":
+            _add_fences(scene, rng, ground_center, clear + rng.uniform(0.5, 3), view)
+            body.material("wall", _wall_material(rng, across, "planks"))
+            back = ground_center + view * (clear + rng.uniform(6, 15))
+            _box(body, back + np.array([0, 2, 0]), (3, 2, rng.uniform(6, 12)), "wall", yaw)
+    elif backdrop in ("street", "building"):
+        if backdrop == "building" or rng.random() < 0.5:  # building fronts across the view
+            depth = clear + (rng.uniform(1.5, 5) if backdrop == "building" else rng.uniform(5, 15))
+            offset = -rng.uniform(0, 20)
+            while offset < 40:
+                width, height = rng.uniform(6, 15), rng.uniform(4, 20)
+                body.material(f"wall{offset:.1f}", _wall_material(rng, across))
+                spot = ground_center + view * (depth + 4) + across * (offset - 20 + width / 2) + np.array([0, height / 2, 0])
+                _box(body, spot, (4, height / 2, width / 2 - 0.05), f"wall{offset:.1f}", yaw)
+                offset += width
+        else:  # a street running away from the camera, buildings on both sides
+            half_street = clear + rng.uniform(3, 8)
+            for s in (-1, 1):
+                offset = -20.0
+                while offset < 80:
+                    width, height = rng.uniform(6, 15), rng.uniform(5, 20)
+                    body.material(f"wall{s}{offset:.1f}", _wall_material(rng, view))
+                    spot = ground_center + view * (offset + width / 2) + across * s * (half_street + 4) + np.array([0, height / 2, 0])
+                    _box(body, spot, (width / 2 - 0.05, height / 2, 4), f"wall{s}{offset:.1f}", yaw)
+                    offset += width
+        body.material("metal", Material(colour(rng, [(0.15, 0.15, 0.15), (0.3, 0.35, 0.3)], 0.1), shine=0.4))
+        for _ in range(int(rng.integers(0, 4))):  # lamp posts and bollards
+            post = ground_center + view * rng.uniform(clear, clear + 12) + across * rng.uniform(-10, 10)
+            if np.linalg.norm(post - ground_center) > clear:
+                height = rng.choice([0.9, rng.uniform(3, 5)])
+                body.capsule(post, post + np.array([0, height, 0]), 0.06, "metal")
+    else:  # a room or a stable around camera and figures: back wall, side walls, ceiling
+        back, half_width, height = clear + rng.uniform(0.5, 4), clear + rng.uniform(1, 5), rng.uniform(2.8, 4.5)
+        near = float(np.linalg.norm((eye - ground_center)[[0, 2]])) + 2
+        length = (back + near) / 2
+        middle = ground_center + view * (back - length)
+        body.material("wall", _wall_material(rng, across, "planks" if backdrop == "stable" else str(rng.choice(["solid", "solid", "bricks", "planks"]))))
+        body.material("side", _wall_material(rng, view, "planks" if backdrop == "stable" else "solid"))
+        body.material("ceiling", Material(colour(rng, [(0.9, 0.9, 0.88), (0.5, 0.38, 0.25)], 0.1)))
+        _box(body, ground_center + view * (back + 0.1) + np.array([0, height / 2, 0]), (0.1, height / 2, half_width + 0.2), "wall", yaw, shadow=False)
+        for s in (-1, 1):
+            _box(body, middle + across * s * (half_width + 0.1) + np.array([0, height / 2, 0]), (length, height / 2, 0.1), "side", yaw, shadow=False)
+        _box(body, middle + np.array([0, height + 0.1, 0]), (length, 0.1, half_width + 0.2), "ceiling", yaw, shadow=False)
+        body.material("frame", Material(colour(rng, WALLS + [(0.2, 0.3, 0.5)], 0.5), "patches", colour(rng, WALLS, 0.5), 4.0))
+        for _ in range(int(rng.integers(0, 4))):  # pictures, doors and stall boards on the back wall
+            w, h = rng.uniform(0.4, 1.5), rng.uniform(0.4, 2.0)
+            spot = ground_center + view * back + across * rng.uniform(-half_width + w, half_width - w) + np.array([0, rng.uniform(h / 2, height - h / 2), 0])
+            _box(body, spot, (0.05, h / 2, w / 2), "frame", yaw, shadow=False)
+    scene.primitives += body.place((0, 0, 0), 0.0)
+
+
+def _add_fences(scene: Scene, rng: np.random.Generator, center: np.ndarray, radius: float, view: np.ndarray) -> None:
+    """A paddock's rails: fence runs on a few sides of a square around `center`."""
+    body = Body(scene, -1)
+    body.material("wood", Material(colour(rng, [(0.55, 0.42, 0.3), (0.9, 0.9, 0.88), (0.3, 0.22, 0.15)], 0.2), grain=0.2))
+    across = np.array([-view[2], 0, view[0]])
+    for side, direction in ((view, across), (-view, across), (across, view), (-across, view)):
+        if rng.random() < 0.4 and side is not view:
+            continue
+        start, end = center + side * radius - direction * radius, center + side * radius + direction * radius
+        for k in np.linspace(0, 1, 6):
+            post = start + (end - start) * k
+            body.capsule(post, post + np.array([0, 1.3, 0]), 0.07, "wood")
+        for h in (0.6, 1.2):
+            body.capsule(start + np.array([0, h, 0]), end + np.array([0, h, 0]), 0.05, "wood")
+    scene.primitives += body.place((0, 0, 0), 0.0)
+
+
+def _add_clutter(scene: Scene, rng: np.random.Generator, center: np.ndarray, clear: float, count: int, toward: float | None = None, kinds=None) -> None:
     """Trees, rocks, bushes and fences around `center`, none closer than `clear` metres to it.
 
     With `toward` (an angle on the ground), they stand in that direction, `clear` metres away.
@@ -218,19 +271,19 @@ def _add_clutter(scene: Scene, rng: np.random.Generator, center: np.ndarray, cle
         spot = center + distance * np.array([math.cos(angle), 0, math.sin(angle)])
         spot[1] = 0
         body = Body(scene, -1)
-        kind = str(rng.choice(["tree", "rock", "bush", "fence"]))
+        kind = str(rng.choice(kinds or ["tree", "rock", "bush", "fence"]))
         if kind == "tree":
-            body.material("bark", Material(_colour(rng, [(0.3, 0.2, 0.12)], 0.1)))
-            body.material("leaves", Material(_colour(rng, [(0.15, 0.4, 0.12), (0.6, 0.4, 0.1), (0.25, 0.35, 0.15)], 0.15), "patches", _colour(rng, [(0.1, 0.3, 0.08)]), 2.0))
+            body.material("bark", Material(colour(rng, [(0.3, 0.2, 0.12)], 0.1), grain=0.3))
+            body.material("leaves", Material(colour(rng, [(0.15, 0.4, 0.12), (0.6, 0.4, 0.1), (0.25, 0.35, 0.15)], 0.15), "patches", colour(rng, [(0.1, 0.3, 0.08)]), 2.0, grain=0.4))
             height = rng.uniform(2, 6)
             body.capsule((0, 0, 0), (0, height, 0), rng.uniform(0.1, 0.3), "bark")
             body.ellipsoid((0, height + 0.5, 0), rng.uniform(0.8, 2.5, 3) * [1, 1.2, 1], "leaves")
         elif kind in ("rock", "bush"):
-            body.material("m", Material(_colour(rng, [(0.5, 0.5, 0.48)] if kind == "rock" else [(0.2, 0.4, 0.15)], 0.2), "patches", _colour(rng, [(0.4, 0.4, 0.38)]), 3.0))
+            body.material("m", Material(colour(rng, [(0.5, 0.5, 0.48)] if kind == "rock" else [(0.2, 0.4, 0.15)], 0.2), "patches", colour(rng, [(0.4, 0.4, 0.38)]), 3.0, grain=0.3))
             radii = rng.uniform(0.3, 1.2, 3) * ([1, 0.6, 1] if kind == "rock" else [1, 0.8, 1])
             body.ellipsoid((0, radii[1] * 0.6, 0), radii, "m")
         else:
-            body.material("wood", Material(_colour(rng, [(0.55, 0.42, 0.3), (0.9, 0.9, 0.88)], 0.2)))
+            body.material("wood", Material(colour(rng, [(0.55, 0.42, 0.3), (0.9, 0.9, 0.88)], 0.2)))
             posts = rng.integers(2, 5)
             for k in range(posts):
                 body.capsule((k * 2.0, 0, 0), (k * 2.0, 1.2, 0), 0.06, "wood")
@@ -239,101 +292,88 @@ def _add_clutter(scene: Scene, rng: np.random.Generator, center: np.ndarray, cle
         scene.primitives += body.place(spot, rng.uniform(0, 2 * math.pi))
 
 
-def compose(label: str, rng: np.random.Generator) -> tuple[Scene, np.ndarray, float]:
-    """The figures for `label` placed in a fresh scene; returns (scene, their centre, their radius)."""
-    scene = _palette_scene(rng)
-    placements = []  # (body, position, yaw, scale)
-
-    def add(kind: str, pose: str, position, yaw: float, scale: float, on_ground: bool = True, **info):
-        figure = len(scene.figures)
-        body = (build_horse if kind == "horse" else build_human)(scene, figure, rng, pose)
-        position = np.array(position, float)
-        if on_ground:
-            position[1] = -body.lowest() * scale
-        scene.figures.append({"kind": kind, "pose": pose, **info})
-        placements.append((body, position, yaw, scale))
-
-    yaw = rng.uniform(0, 2 * math.pi)
-    if label == "horse":
-        for k in range(1 if rng.random() < 0.8 else 2):
-            add("horse", str(rng.choice(HORSE_POSES)), (k * rng.uniform(1.5, 3), 0, k * rng.uniform(-3, 3)), yaw + k * rng.normal(0, 0.8), rng.uniform(0.85, 1.15))
-    elif label == "human":
-        for k in range(1 if rng.random() < 0.75 else 2):
-            add("human", str(rng.choice(HUMAN_POSES)), (0, 0, k * rng.uniform(0.7, 1.5)), yaw + rng.normal(0, 0.5), rng.uniform(0.75, 1.1))
-    else:
-        relation = str(rng.choice(["riding", "riding", "leading", "beside"]))
-        horse_scale = rng.uniform(0.9, 1.15)
-        add("horse", str(rng.choice(["stand", "walk", "trot"] if relation != "beside" else HORSE_POSES)), (0, 0, 0), yaw, horse_scale, relation=relation)
-        turn = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
-        horse_at = placements[0][1]  # lifted so that its hooves touch the ground
-        side = int(rng.choice([-1, 1]))
-        if relation == "riding":
-            saddle = Body(scene, 0)
-            saddle.material("leather", Material(_colour(rng, [(0.35, 0.2, 0.1), (0.1, 0.08, 0.06)], 0.1), shine=0.3))
-            saddle.ellipsoid((0.05, 1.68, 0), (0.28, 0.07, 0.31), "leather")
-            scene.primitives += saddle.place(horse_at, yaw, horse_scale)
-            rider_scale = rng.uniform(0.85, 1.0)
-            seat = horse_at + turn @ (np.array([0.05, 1.74, 0]) * horse_scale)
-            add("human", "ride", seat - np.array([0, 0.86 * rider_scale, 0]), yaw, rider_scale, on_ground=False, relation=relation)
-        elif relation == "leading":
-            add("human", "lead", turn @ np.array([rng.uniform(1.0, 1.4), 0, side * rng.uniform(0.5, 0.7)]), yaw, rng.uniform(0.8, 1.05), relation=relation)
-        else:
-            add("human", str(rng.choice(["stand", "wave", "point"])), turn @ np.array([rng.uniform(-0.7, 0.5), 0, side * rng.uniform(0.7, 1.1)]), rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.05), relation=relation)
-
-    points = []
-    for body, position, turn_yaw, scale in placements:
-        placed = body.place(position, turn_yaw, scale)
-        scene.primitives += placed
-        points += [p.bounding_sphere()[0] for p in placed]
-    points = np.array(points)
-    center = (points.min(0) + points.max(0)) / 2
-    return scene, center, float(np.linalg.norm(points.max(0) - points.min(0)) / 2 + 0.3)
-
-
-# Least share of the image each figure must cover, so that the label is true to a viewer.
-MIN_SHARE = {"horse": 0.03, "human": 0.008}
+def add_hard_negatives(scene: Scene, rng: np.random.Generator, center: np.ndarray, clear: float, view: np.ndarray) -> list[str]:
+    """One or two animals that are not horses, beside or behind the figures (scenery: not in the mask)."""
+    animals = []
+    for _ in range(1 if rng.random() < 0.7 else 2):
+        species = str(rng.choice(HARD_NEGATIVES))
+        angle = math.atan2(view[2], view[0]) + rng.uniform(-1.2, 1.2)
+        spot = center + rng.uniform(clear, clear + 6) * np.array([math.cos(angle), 0, math.sin(angle)])
+        body = build_quadruped(scene, -1, rng, str(rng.choice(["stand", "walk", "graze"])), species)
+        scale = rng.uniform(*SPECIES_SCALE[species])
+        spot[1] = -body.lowest() * scale
+        scene.primitives += body.place(spot, rng.uniform(0, 2 * math.pi), scale)
+        animals.append(species)
+    return animals
 
 
 class Rendering(NamedTuple):
     image: Image.Image  # RGB, size x size
     mask: Image.Image  # L, 255 where a figure (horse or person) covers the pixel, soft at the edges
-    info: dict  # what the image shows: label, seed, figures (kind, pose, share), camera, visible
+    info: dict  # what it shows: label, seed, figures (kind, pose, share), coverage (the mask's mean), framing, backdrop, animals, camera, visible
+
+
+def _choose(rng: np.random.Generator, table: dict) -> str:
+    names = list(table)
+    weights = np.array([table[n] if isinstance(table[n], float) else table[n][0] for n in names])
+    return names[rng.choice(len(names), p=weights / weights.sum())]
 
 
 def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12) -> Rendering:
     """One image of `label`, its figure mask and what it shows; the same (label, seed, size) always gives the same.
 
-    The figures are drawn once; the camera (and the clutter) is redrawn until every figure covers
-    at least MIN_SHARE of the image, which also bounds how much cropping and occlusion can hide.
+    The figures, framing and backdrop are drawn once; the camera (and the scenery it sees) is
+    redrawn, checked by the first (unshaded) pass of the render, until a figure of each kind
+    drawn covers at least MIN_SHARE of the image. Half-way, the framing falls back to the whole
+    figures.
     """
     rng = np.random.default_rng([seed, ("horse", "human", "both").index(label)])
-    scene, center, radius = compose(label, rng)
+    backdrop = _choose(rng, BACKDROPS)
+    scene = _light_and_ground(rng, backdrop)
+    figures = compose(label, rng, scene)
+    framing = _choose(rng, FRAMINGS[label])
     figure_count = len(scene.primitives)
+    with_animals = rng.random() < HARD_NEGATIVE_PROB
+    all_points = np.array([p for f in figures for p in f.marks.values()])
+    center = (all_points.min(0) + all_points.max(0)) / 2
+    clear = float(np.ptp(all_points[:, [0, 2]], 0).max()) / 2 + 0.8
     best = None
     for attempt in range(max_attempts):
         del scene.primitives[figure_count:]
-        _add_clutter(scene, rng, center, clear=radius + 2, count=int(rng.integers(1, 7)))
-        fov = rng.uniform(25, 55)
-        zoom = rng.uniform(0.75, 1.5) if attempt < max_attempts // 2 else rng.uniform(1.0, 1.3)  # < 1 crops
-        distance = radius / math.sin(math.radians(fov) / 2) * zoom
-        elevation, azimuth = rng.uniform(-0.05, 0.55), rng.uniform(0, 2 * math.pi)
-        eye = center + distance * np.array([math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)])
-        eye[1] = max(eye[1], 0.4)
-        if rng.random() < 0.25:  # an occluder between the camera and the figures
-            across = distance * math.cos(elevation)
-            _add_clutter(scene, rng, center, clear=across * rng.uniform(0.3, 0.6), count=1, toward=math.atan2(math.cos(azimuth), math.sin(azimuth)))
-        target = center + rng.normal(0, radius * 0.15, 3)
-        camera = Camera.look_at(eye, target, fov, size * SUPERSAMPLE)
-        pixels, figure_ids = render(scene, camera)
-        shares = [float((figure_ids == i).mean()) for i in range(len(scene.figures))]
-        score = min(s / MIN_SHARE[f["kind"]] for s, f in zip(shares, scene.figures))
+        if attempt == max_attempts // 2:
+            framing = "full" if framing != "full" else "wide"
+        _, fit, (low, high) = FRAMINGS[label][framing]
+        camera, distance = frame_camera(_framed_points(fit, figures), rng.uniform(low, high), rng, size)
+        add_backdrop(scene, rng, backdrop, center, camera.position, clear)
+        animals = add_hard_negatives(scene, rng, center, clear + 0.5, camera.position - center) if with_animals else []
+        if rng.random() < 0.1:  # an occluder between the camera and the figures
+            toward = camera.position - center
+            _add_clutter(scene, rng, center, np.linalg.norm(toward[[0, 2]]) * rng.uniform(0.3, 0.6), 1, math.atan2(toward[2], toward[0]))
+        traced = trace(scene, camera)
+        score = _visibility(_shares(traced.figure_id, len(scene.figures)), scene.figures)
         if best is None or score > best[0]:
-            best = (score, pixels, figure_ids, shares, attempt, fov, distance)
+            best = (score, camera, distance, list(scene.primitives), attempt, framing, animals, traced)
         if score >= 1:
             break
-    score, pixels, figure_ids, shares, attempt, fov, distance = best
-    image = Image.fromarray((pixels * 255).round().astype(np.uint8)).reduce(SUPERSAMPLE)
-    mask = Image.fromarray(np.where(figure_ids >= 0, 255, 0).astype(np.uint8)).reduce(SUPERSAMPLE)
-    figures = [{**f, "share": round(s, 4)} for f, s in zip(scene.figures, shares)]
-    info = {"label": label, "seed": seed, "figures": figures, "attempts": attempt + 1, "fov": round(fov, 1), "distance": round(distance, 2), "visible": score >= 1}
+    score, camera, distance, scene.primitives, attempt, framing, animals, traced = best
+    pixels, figure_ids, coverage, depth = render(scene, camera, traced)
+    if framing in CLOSE_FRAMINGS and rng.random() < 0.7:
+        pixels = depth_of_field(pixels, depth, distance, rng.uniform(1, 3) * size / 128)
+    shares = _shares(figure_ids, len(scene.figures))
+    image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+    mask = Image.fromarray((coverage * 255).round().astype(np.uint8))
+    info = {"label": label, "seed": seed, "figures": [{**f, "share": round(s, 4)} for f, s in zip(scene.figures, shares)],
+            "coverage": round(float(coverage.mean()), 4), "framing": framing,
+            "backdrop": backdrop, "animals": animals, "attempts": attempt + 1, "fov": round(float(np.degrees(2 * np.arctan(size / 2 / camera.focal))), 1),
+            "distance": round(distance, 2), "visible": score >= 1}
     return Rendering(image, mask, info)
+
+
+def _visibility(shares: list[float], figures: list[dict]) -> float:
+    """At least 1 when the label is true to a viewer: for each kind drawn, its most visible figure
+    covers MIN_SHARE of the image (the others of a group may be cut out by a close framing)."""
+    return min(max(s for s, f in zip(shares, figures) if f["kind"] == kind) / MIN_SHARE[kind] for kind in {f["kind"] for f in figures})
+
+
+def _shares(figure_ids: np.ndarray, count: int) -> list[float]:
+    return [float((figure_ids == i).mean()) for i in range(count)]

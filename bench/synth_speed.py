@@ -1,0 +1,50 @@
+"""How fast the renderer draws: images/s on one core at 96, 128 and 299 px, and its framing.
+
+    python bench/synth_speed.py [--per-class 20] [--sizes 96,128,299] [--framing 300]
+
+Renders `--per-class` scenes per class in this process (one core: the Ray job runs one such
+process per core) at each size and prints images/s. With `--framing N` it also renders N scenes
+per class at 64 px and prints the share of the image the figures cover (from the masks): the
+10th, 50th and 90th percentiles per class. To compare two versions of the renderer, run this
+file from both checkouts on the same machine (PYTHONPATH picks the `cgi2real` it measures).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.environ.get("PYTHONPATH") or os.path.join(os.path.dirname(__file__), ".."))
+
+from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.synth.scenes import render_scene  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-class", type=int, default=20, help="timed renders per class and size")
+    parser.add_argument("--sizes", default="96,128,299")
+    parser.add_argument("--framing", type=int, default=0, help="also measure figure shares over this many 64 px renders per class")
+    parser.add_argument("--first-seed", type=int, default=10_000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # numpy here is single-threaded too; keep the measure one core
+    render_scene("both", 0, 64)  # first calls (imports, caches) out of the timing
+    for size in map(int, args.sizes.split(",")):
+        start = time.perf_counter()
+        for label in DEFAULT_CLASSES:
+            for i in range(args.per_class):
+                render_scene(label, args.first_seed + i, size)
+        seconds = time.perf_counter() - start
+        print(f"{size} px: {len(DEFAULT_CLASSES) * args.per_class / seconds:.2f} images/s on one core", flush=True)
+    if args.framing:
+        for label in DEFAULT_CLASSES:
+            shares = [np.asarray(render_scene(label, i, 64).mask).mean() / 255 for i in range(args.framing)]
+            p10, p50, p90 = np.percentile(shares, [10, 50, 90])
+            print(f"{label}: figure share p10 {p10:.3f}, median {p50:.3f}, p90 {p90:.3f} ({args.framing} renders at 64 px)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
