@@ -81,7 +81,7 @@ def final_variant(args) -> Variant:
 
 
 def run_name(v: Variant, args) -> str:
-    tag = f"-{args.tag}" if getattr(args, "tag", None) else ""
+    tag = f"-{args.tag}" if args.tag else ""
     return f"{v.name}{tag}-{v.image_size or args.image_size}px-{v.epochs or args.epochs}ep"
 
 
@@ -120,7 +120,7 @@ def prepare_work(args) -> tuple[str, str, int, str]:
     if not os.path.isdir(HORSE_OR_HUMAN):
         sys.exit(f"the shared data is not at {SHARED}; this benchmark needs it")
     work = os.path.abspath(args.work)
-    if getattr(args, "synth", None):
+    if args.synth:
         synth_root = os.path.abspath(args.synth)
         args.per_class = min(len(os.listdir(os.path.join(synth_root, c))) for c in ("both", "horse", "human"))
     else:

@@ -6,7 +6,7 @@ Renders `--per-class` scenes per class in this process (one core: the Ray job ru
 process per core) at each size and prints images/s. With `--framing N` it also renders N scenes
 per class at 64 px and prints the share of the image the figures cover (from the masks): the
 10th, 50th and 90th percentiles per class. To compare two versions of the renderer, run this
-file from both checkouts on the same machine (PYTHONPATH picks the `cgi2real` it measures).
+file from both checkouts on the same machine: it measures the `cgi2real` of the checkout it is in.
 """
 
 import argparse
@@ -15,9 +15,8 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-sys.path.insert(0, os.environ.get("PYTHONPATH") or os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.synth.scenes import render_scene  # noqa: E402
@@ -30,7 +29,6 @@ def main() -> None:
     parser.add_argument("--framing", type=int, default=0, help="also measure figure shares over this many 64 px renders per class")
     parser.add_argument("--first-seed", type=int, default=10_000)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # numpy here is single-threaded too; keep the measure one core
     render_scene("both", 0, 64)  # first calls (imports, caches) out of the timing
     for size in map(int, args.sizes.split(",")):
         start = time.perf_counter()

@@ -56,6 +56,12 @@ class Body:
         rotation = np.stack([x, y, np.cross(x, y)], axis=1)
         self.parts.append(Primitive("ellipsoid", self.materials[material], self.figure, center=np.asarray(center, float), rotation=rotation, radii=np.asarray(radii, float)))
 
+    def box(self, center, half, material: str, yaw: float = 0.0, shadow: bool = True) -> None:
+        """A box with half-sides `half`, turned `yaw` radians about the vertical axis (scenery: walls, ceilings, frames)."""
+        c, s = math.cos(yaw), math.sin(yaw)
+        rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        self.parts.append(Primitive("box", self.materials[material], self.figure, center=np.asarray(center, float), rotation=rotation, radii=np.asarray(half, float), shadow=shadow))
+
     def limb(self, start, angles, lengths, radii, materials, spread: float = 0.0) -> np.ndarray:
         """A chain of capsules from `start`; returns the end point."""
         point = np.asarray(start, float)

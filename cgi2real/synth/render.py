@@ -240,14 +240,13 @@ def _trace(scene: Scene, camera: Camera, dirs: np.ndarray, pixels: np.ndarray | 
     return _Hits(depth, normal, which, t_ground)
 
 
-def _shade(scene: Scene, camera: Camera, dirs: np.ndarray, hits: _Hits, lit: np.ndarray | None) -> np.ndarray:
-    """Colours of the rays: sky, ground (sunlit fraction `lit` per ray, or traced here) or primitive, with haze."""
+def _shade(scene: Scene, camera: Camera, dirs: np.ndarray, hits: _Hits, lit: np.ndarray) -> np.ndarray:
+    """Colours of the rays: sky, ground (in the sun by the fraction `lit` per ray) or primitive, with haze."""
     on_ground = hits.t_ground < hits.depth
     on_prim = (hits.which >= 0) & ~on_ground
     image = _sky(scene, dirs)
     ground_points = camera.position + hits.t_ground[on_ground, None] * dirs[on_ground]
-    ground_lit = lit[on_ground] if lit is not None else _sunlit(scene, ground_points)
-    image[on_ground] = _shade_ground(scene, ground_points, hits.t_ground[on_ground], ground_lit)
+    image[on_ground] = _shade_ground(scene, ground_points, hits.t_ground[on_ground], lit[on_ground])
     points = camera.position + hits.depth[on_prim, None] * dirs[on_prim]
     image[on_prim] = _shade_primitives(scene, hits.which[on_prim], points, hits.normal[on_prim], dirs[on_prim])
     # Aerial perspective: distant things fade into the horizon colour.
@@ -373,11 +372,11 @@ def _shade_ground(scene: Scene, points: np.ndarray, distance: np.ndarray, lit: n
     elif scene.ground_pattern == "planks":
         seams = (np.abs(((z * 5) % 1) - 0.5) > 0.45) & (contrast > 0.3)
         mix = np.where(seams, mix - 0.5, mix + 0.2 * np.sin(x * 3 + np.floor(z * 5) * 1.7))
-    elif scene.ground_pattern == "asphalt":
+    mix = mix.clip(0, 1)[:, None]
+    albedo = np.asarray(scene.ground[0]) * mix + np.asarray(scene.ground[1]) * (1 - mix)
+    if scene.ground_pattern == "asphalt":  # dashed lane lines in white paint
         lane = (np.abs(z % 8 - 4) < 0.08) & ((x % 6) < 3)
-        mix = np.where(lane, 3.0, mix)
-    albedo = np.asarray(scene.ground[0]) * mix.clip(0, 1)[:, None] + np.asarray(scene.ground[1]) * (1 - mix.clip(0, 1)[:, None])
-    albedo = np.where((mix > 2)[:, None], 0.85, albedo)  # lane paint
+        albedo = np.where(lane[:, None], 0.85, albedo)
     light = 0.45 + 0.75 * scene.sun[1] * lit
     return albedo * light[:, None]
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from cgi2real.synth.figures import HARD_NEGATIVES, HORSE_POSES, HUMAN_POSES, SPECIES_SCALE, Body, build_human, build_quadruped, colour
-from cgi2real.synth.render import Camera, Material, Primitive, Scene, depth_of_field, normalize, render, trace
+from cgi2real.synth.render import Camera, Material, Scene, depth_of_field, normalize, render, trace
 
 SKIES = [((0.75, 0.85, 0.95), (0.25, 0.45, 0.85)), ((0.75, 0.75, 0.78), (0.55, 0.57, 0.62)), ((0.95, 0.65, 0.4), (0.3, 0.3, 0.55))]
 GROUNDS = {
@@ -166,12 +166,6 @@ def frame_camera(points: np.ndarray, fill: float, rng: np.random.Generator, size
     return Camera.look_at(eye, target, fov, size), float(np.linalg.norm(eye - center))
 
 
-def _box(body: Body, center, half, material: str, yaw: float = 0.0, shadow: bool = True) -> None:
-    c, s = math.cos(yaw), math.sin(yaw)
-    rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    body.parts.append(Primitive("box", body.materials[material], -1, center=np.asarray(center, float), rotation=rotation, radii=np.asarray(half, float), shadow=shadow))
-
-
 def _wall_material(rng: np.random.Generator, along: np.ndarray, pattern: str | None = None) -> Material:
     pattern = pattern or str(rng.choice(["solid", "bricks", "windows", "windows", "planks"]))
     glass = colour(rng, [(0.15, 0.18, 0.22), (0.35, 0.45, 0.55), (0.1, 0.1, 0.1)], 0.0)
@@ -194,7 +188,7 @@ def add_backdrop(scene: Scene, rng: np.random.Generator, backdrop: str, center: 
             _add_fences(scene, rng, ground_center, clear + rng.uniform(0.5, 3), view)
             body.material("wall", _wall_material(rng, across, "planks"))
             back = ground_center + view * (clear + rng.uniform(6, 15))
-            _box(body, back + np.array([0, 2, 0]), (3, 2, rng.uniform(6, 12)), "wall", yaw)
+            body.box(back + np.array([0, 2, 0]), (3, 2, rng.uniform(6, 12)), "wall", yaw)
     elif backdrop in ("street", "building"):
         if backdrop == "building" or rng.random() < 0.5:  # building fronts across the view
             depth = clear + (rng.uniform(1.5, 5) if backdrop == "building" else rng.uniform(5, 15))
@@ -203,7 +197,7 @@ def add_backdrop(scene: Scene, rng: np.random.Generator, backdrop: str, center: 
                 width, height = rng.uniform(6, 15), rng.uniform(4, 20)
                 body.material(f"wall{offset:.1f}", _wall_material(rng, across))
                 spot = ground_center + view * (depth + 4) + across * (offset - 20 + width / 2) + np.array([0, height / 2, 0])
-                _box(body, spot, (4, height / 2, width / 2 - 0.05), f"wall{offset:.1f}", yaw)
+                body.box(spot, (4, height / 2, width / 2 - 0.05), f"wall{offset:.1f}", yaw)
                 offset += width
         else:  # a street running away from the camera, buildings on both sides
             half_street = clear + rng.uniform(3, 8)
@@ -213,7 +207,7 @@ def add_backdrop(scene: Scene, rng: np.random.Generator, backdrop: str, center: 
                     width, height = rng.uniform(6, 15), rng.uniform(5, 20)
                     body.material(f"wall{s}{offset:.1f}", _wall_material(rng, view))
                     spot = ground_center + view * (offset + width / 2) + across * s * (half_street + 4) + np.array([0, height / 2, 0])
-                    _box(body, spot, (width / 2 - 0.05, height / 2, 4), f"wall{s}{offset:.1f}", yaw)
+                    body.box(spot, (width / 2 - 0.05, height / 2, 4), f"wall{s}{offset:.1f}", yaw)
                     offset += width
         body.material("metal", Material(colour(rng, [(0.15, 0.15, 0.15), (0.3, 0.35, 0.3)], 0.1), shine=0.4))
         for _ in range(int(rng.integers(0, 4))):  # lamp posts and bollards
@@ -229,15 +223,15 @@ def add_backdrop(scene: Scene, rng: np.random.Generator, backdrop: str, center: 
         body.material("wall", _wall_material(rng, across, "planks" if backdrop == "stable" else str(rng.choice(["solid", "solid", "bricks", "planks"]))))
         body.material("side", _wall_material(rng, view, "planks" if backdrop == "stable" else "solid"))
         body.material("ceiling", Material(colour(rng, [(0.9, 0.9, 0.88), (0.5, 0.38, 0.25)], 0.1)))
-        _box(body, ground_center + view * (back + 0.1) + np.array([0, height / 2, 0]), (0.1, height / 2, half_width + 0.2), "wall", yaw, shadow=False)
+        body.box(ground_center + view * (back + 0.1) + np.array([0, height / 2, 0]), (0.1, height / 2, half_width + 0.2), "wall", yaw, shadow=False)
         for s in (-1, 1):
-            _box(body, middle + across * s * (half_width + 0.1) + np.array([0, height / 2, 0]), (length, height / 2, 0.1), "side", yaw, shadow=False)
-        _box(body, middle + np.array([0, height + 0.1, 0]), (length, 0.1, half_width + 0.2), "ceiling", yaw, shadow=False)
+            body.box(middle + across * s * (half_width + 0.1) + np.array([0, height / 2, 0]), (length, height / 2, 0.1), "side", yaw, shadow=False)
+        body.box(middle + np.array([0, height + 0.1, 0]), (length, 0.1, half_width + 0.2), "ceiling", yaw, shadow=False)
         body.material("frame", Material(colour(rng, WALLS + [(0.2, 0.3, 0.5)], 0.5), "patches", colour(rng, WALLS, 0.5), 4.0))
         for _ in range(int(rng.integers(0, 4))):  # pictures, doors and stall boards on the back wall
             w, h = rng.uniform(0.4, 1.5), rng.uniform(0.4, 2.0)
             spot = ground_center + view * back + across * rng.uniform(-half_width + w, half_width - w) + np.array([0, rng.uniform(h / 2, height - h / 2), 0])
-            _box(body, spot, (0.05, h / 2, w / 2), "frame", yaw, shadow=False)
+            body.box(spot, (0.05, h / 2, w / 2), "frame", yaw, shadow=False)
     scene.primitives += body.place((0, 0, 0), 0.0)
 
 
@@ -313,10 +307,9 @@ class Rendering(NamedTuple):
     info: dict  # what it shows: label, seed, figures (kind, pose, share), coverage (the mask's mean), framing, backdrop, animals, camera, visible
 
 
-def _choose(rng: np.random.Generator, table: dict) -> str:
-    names = list(table)
-    weights = np.array([table[n] if isinstance(table[n], float) else table[n][0] for n in names])
-    return names[rng.choice(len(names), p=weights / weights.sum())]
+def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    names, p = list(weights), np.array(list(weights.values()))
+    return names[rng.choice(len(names), p=p / p.sum())]
 
 
 def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12) -> Rendering:
@@ -331,7 +324,7 @@ def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12)
     backdrop = _choose(rng, BACKDROPS)
     scene = _light_and_ground(rng, backdrop)
     figures = compose(label, rng, scene)
-    framing = _choose(rng, FRAMINGS[label])
+    framing = _choose(rng, {name: share for name, (share, _, _) in FRAMINGS[label].items()})
     figure_count = len(scene.primitives)
     with_animals = rng.random() < HARD_NEGATIVE_PROB
     all_points = np.array([p for f in figures for p in f.marks.values()])
