@@ -1,21 +1,27 @@
 """Labeling throughput: the Ray Data pipeline vs the bare model vs a naive per-image loop, in one run.
 
     python bench/label.py [--data ../shared/data/horse_or_human/train] [--image-size 128] [--batch-size 32]
+    python bench/label.py --gpu --photos 50000 --image-size 299 --decode cpu device --actors 1 2
 
 - pipeline: `cgi2real.label.run` end to end from image files to a committed Parquet table
-  (listing, decoding, model actors, writing; Ray start-up excluded, actor start-up included),
-  and its rate after the first results arrived (the fixed start-up excluded).
+  (listing, reading, model actors, writing; Ray start-up excluded, actor start-up included),
+  and its rate after the first results arrived (the fixed start-up excluded). One run per
+  `--decode` mode (and, on a GPU, per `--actors` count).
 - bare model: `Labeler` (the pipeline's model stage) called in a loop on batches decoded up front
   and held in memory, same size and batch: the model-compute ceiling.
 - naive loop: the reference notebook's way: for each file, read, decode, preprocess, predict one
   image (`--naive-images` of them).
+- reading stage: each mode's CPU stage (`decode_for_labeling`, `read_for_device`) on a sample of
+  the files in this process: CPU time per image and bytes per image it sends to the model actors.
 
-All three use the same random-init package (speed does not depend on the weights). Without the
-shared data, `--generate N` JPEGs are made into a temporary folder.
+All use the same random-init package (speed does not depend on the weights). Without the shared
+data, `--generate N` renders 320 px JPEGs, or `--photos N` makes JPEGs of mixed photo sizes
+(300-1,000 px, 2 % of 12 megapixels), into a temporary folder.
 """
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,8 +33,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.config import LabelConfig  # noqa: E402
-from cgi2real.data import decode_for_labeling, scan_image_files  # noqa: E402
-from cgi2real.label import CPU_BATCH_SIZE, GPU_BATCH_SIZE, Labeler, run  # noqa: E402
+from cgi2real.data import decode_for_labeling, read_for_device, scan_image_files  # noqa: E402
+from cgi2real.label import CPU_BATCH_SIZE, DECODES, GPU_BATCH_SIZE, Labeler, run  # noqa: E402
+from cgi2real.device_preset import DevicePreset, decode_jpegs  # noqa: E402
 from cgi2real.model import build_model, package_config, read_model_package, save_model_package  # noqa: E402
 from cgi2real.presets import DEFAULT_GEOMETRY, EvalPreset  # noqa: E402
 
@@ -44,10 +51,12 @@ def bare_model(labeler: Labeler, pixels: np.ndarray, batch_size: int) -> float:
     labeler(batch(0))
     if labeler.device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(0, len(pixels), batch_size):
-        labeler(batch(i))  # returns numpy: the GPU work is finished when it does
-    return len(pixels) / (time.perf_counter() - start)
+    start, done = time.perf_counter(), 0
+    while not done or time.perf_counter() - start < 3.0:  # a GPU needs several passes over the images to time
+        for i in range(0, len(pixels), batch_size):
+            labeler(batch(i))  # returns numpy: the GPU work is finished when it does
+        done += len(pixels)
+    return done / (time.perf_counter() - start)
 
 
 def naive_loop(labeler: Labeler, paths: list[str], image_size: int) -> float:
@@ -61,19 +70,78 @@ def naive_loop(labeler: Labeler, paths: list[str], image_size: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def reading_stage(files, preset, decode: str, sample: int = 512) -> tuple[float, float]:
+    """(CPU ms per image, KiB per image sent on) of the reading stage of `decode` on the first `sample` files."""
+    n = min(sample, len(files))
+    batch = {"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}
+    start = time.process_time()  # the reading threads' CPU time is this process's
+    out = (read_for_device if decode == "device" else decode_for_labeling)(batch, preset, files.root.fs)
+    seconds = time.process_time() - start
+    sent = sum(len(p) for p in out["payload"]) if decode == "device" else out["image"].nbytes
+    return 1000 * seconds / n, sent / n / 1024
+
+
+def device_pixel_differences(files, preset, device: torch.device, sample: int = 256) -> np.ndarray:
+    """Per file, the mean absolute difference (in levels) between the model inputs of the two modes."""
+    n = min(sample, len(files))
+    batch = {"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}
+    cpu = decode_for_labeling(batch, preset, files.root.fs)["image"].astype(np.int16)
+    read = read_for_device(batch, preset, files.root.fs)
+    jpegs = np.flatnonzero(read["orientation"] > 0)
+    on_device = DevicePreset(preset.image_size, preset.geometry, device)([read["payload"][i] for i in jpegs], [int(read["orientation"][i]) for i in jpegs])
+    return np.abs(on_device.cpu().numpy().astype(np.int16) - cpu[jpegs]).mean(axis=(1, 2, 3))
+
+
+def device_stage(files, preset, device: torch.device, batch_size: int, sample: int = 2048) -> tuple[float, float]:
+    """img/s of the model actor's decoding with --decode device, without the model: the batched
+    JPEG decode alone, and decode plus framing (`DevicePreset`), over the first `sample` files."""
+    n = min(sample, len(files))
+    read = read_for_device({"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}, preset, files.root.fs)
+    jpegs = [i for i in range(n) if read["orientation"][i] > 0]
+    batches = [jpegs[i:i + batch_size] for i in range(0, len(jpegs), batch_size)]
+    framing = DevicePreset(preset.image_size, preset.geometry, device)
+
+    def rate(step) -> float:
+        step(batches[0])  # warm-up: CUDA context, nvJPEG handles, first plans
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for batch in batches:
+            step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(jpegs) / (time.perf_counter() - start)
+
+    payloads = read["payload"]
+    return (
+        rate(lambda b: decode_jpegs([payloads[i] for i in b], device)),
+        rate(lambda b: framing([payloads[i] for i in b], [int(read["orientation"][i]) for i in b])),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=SHARED if os.path.isdir(SHARED) else None)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=None, help="default: cgi2real label's (256 GPU, 32 CPU)")
     parser.add_argument("--generate", type=int, default=0, help="label N generated 320 px JPEGs instead of --data")
+    parser.add_argument("--photos", type=int, default=0, help="label N generated JPEGs of mixed photo sizes instead of --data")
+    parser.add_argument("--decode", nargs="+", choices=DECODES, default=None, help="pipeline runs, one per mode (default: cgi2real label's)")
+    parser.add_argument("--actors", nargs="+", type=int, default=[None], help="model replicas per run (default: cgi2real label's)")
+    parser.add_argument("--bare-images", type=int, default=4096, help="images pre-decoded for the bare model")
     parser.add_argument("--naive-images", type=int, default=64)
     parser.add_argument("--gpu", action="store_true", help="model on the GPU (bf16) in all three")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-label-")
     data = args.data
-    if data is None or args.generate:
+    if args.photos:
+        from generated import photo_sized_dataset
+
+        start = time.perf_counter()
+        data = photo_sized_dataset(os.path.join(tmp, "photos"), args.photos)
+        print(f"made {args.photos} photo-sized JPEGs in {time.perf_counter() - start:.0f} s")
+    elif data is None or args.generate:
         from generated import replicated_dataset
 
         data = replicated_dataset(os.path.join(tmp, "images"), max(1, args.generate // 3) if args.generate else 350)
@@ -86,24 +154,42 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.gpu else f"{torch.get_num_threads()} torch threads"
     print(f"{len(files)} images in {files.root.uri}, {args.image_size} px, batch {batch_size}, {where}, {os.cpu_count()} cores")
 
+    preset = EvalPreset(args.image_size)
+    for decode in DECODES:
+        ms, kib = reading_stage(files, preset, decode)
+        print(f"reading stage, --decode {decode}: {ms:.2f} ms CPU per image, {kib:.1f} KiB per image to the model actors")
+
+    diffs = device_pixel_differences(files, preset, torch.device("cuda" if args.gpu else "cpu"))
+    print(f"--decode device pixels vs --decode cpu on {len(diffs)} files: mean abs difference {diffs.mean():.2f} levels, "
+          f"per-file mean at most {diffs.max():.2f} (99th percentile {np.percentile(diffs, 99):.2f})")
+
+    decode_rate, frame_rate = device_stage(files, preset, torch.device("cuda" if args.gpu else "cpu"), batch_size)
+    print(f"device stage alone (batch {batch_size}): batched JPEG decoding {decode_rate:.0f} img/s, decoding and framing {frame_rate:.0f} img/s")
+
     config, weights = read_model_package(package)
     labeler = Labeler(config, weights, use_gpu=args.gpu)
-    decoded = decode_for_labeling({"path": np.array(files.paths, object), "size": np.array(files.sizes)}, EvalPreset(args.image_size), files.root.fs)
+    n = min(args.bare_images, len(files))
+    decoded = decode_for_labeling({"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}, preset, files.root.fs)
     assert (decoded["error"] == "").all(), "the benchmark images must all decode"
     bare = bare_model(labeler, decoded["image"], batch_size)
     naive = naive_loop(labeler, list(files.paths[: args.naive_images]), args.image_size)
     del labeler, decoded
-
-    summary = run(LabelConfig(source=files.root.uri, model=package, out=os.path.join(tmp, "labels"), batch_size=batch_size, use_gpu=args.gpu))
-    assert summary.labeled == len(files) and not summary.errors
-    pipeline, steady = summary.images_per_second, summary.steady_images_per_second
-    assert steady, "too few images to measure the rate after start-up: label more"
     print(f"bare model (pre-decoded, batch {batch_size}): {bare:.1f} img/s")
     print(f"naive loop (one image at a time, {args.naive_images} images): {naive:.1f} img/s")
-    print(f"pipeline (files -> Parquet, {summary.labeled} images in {summary.seconds:.1f} s): {pipeline:.1f} img/s")
-    print(f"  first results after {summary.first_seconds:.1f} s ({summary.first_rows} rows), then {steady:.1f} img/s")
-    print(f"ratio pipeline / bare model = {pipeline / bare:.2f} end to end, {steady / bare:.2f} after start-up")
-    print(f"speed-up over the naive loop = {pipeline / naive:.1f}x end to end, {steady / naive:.1f}x after start-up")
+
+    for decode in args.decode or [None]:
+        for actors in args.actors:
+            out = os.path.join(tmp, f"labels-{decode}-{actors}")
+            cfg = LabelConfig(source=files.root.uri, model=package, out=out, batch_size=batch_size, actors=actors, use_gpu=args.gpu, decode=decode)
+            summary = run(cfg)
+            assert summary.labeled == len(files) and not summary.errors
+            pipeline, steady = summary.images_per_second, summary.steady_images_per_second
+            assert steady, "too few images to measure the rate after start-up: label more"
+            print(f"pipeline --decode {decode or 'default'} --actors {actors or 'default'} ({summary.labeled} images in {summary.seconds:.1f} s): {pipeline:.1f} img/s")
+            print(f"  first results after {summary.first_seconds:.1f} s ({summary.first_rows} rows), then {steady:.1f} img/s")
+            print(f"  ratio pipeline / bare model = {pipeline / bare:.2f} end to end, {steady / bare:.2f} after start-up")
+            print(f"  speed-up over the naive loop = {pipeline / naive:.1f}x end to end, {steady / naive:.1f}x after start-up")
+            shutil.rmtree(out)
 
 
 if __name__ == "__main__":

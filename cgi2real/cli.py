@@ -179,8 +179,11 @@ def label(
     model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
     out: Annotated[str, typer.Option("--out", help="The label table: a folder or s3:// prefix of Parquet files.")],
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256 on GPU, 32 on CPU).")] = None,
-    actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per GPU, else one per node).")] = None,
+    actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per CPU node; per GPU 2, or 4 with --decode device).")] = None,
     gpu: Gpu = None,
+    decode: Annotated[
+        Optional[str], typer.Option(help="Where JPEGs are decoded: cpu (reading tasks) or device (the model's GPU, in batches; default with GPUs).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the table at --out first instead of resuming it.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Take over a table whose writer died: break a lease not renewed for 2 minutes.")] = False,
     rows_per_file: Annotated[int, typer.Option(help="Commit a Parquet file once this many rows are ready, or after a minute.")] = 100_000,
@@ -192,7 +195,7 @@ def label(
 
     summary = labeling.run(
         LabelConfig(
-            source=source, model=model, out=out, batch_size=batch_size, actors=actors, use_gpu=gpu,
+            source=source, model=model, out=out, batch_size=batch_size, actors=actors, use_gpu=gpu, decode=decode,
             overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
         )
     )

@@ -91,8 +91,9 @@ class LabelConfig:
     model: str  # model package, local or s3://
     out: str  # the label table: a folder or s3:// prefix of Parquet files
     batch_size: int | None = None  # images per forward pass; None: 256 on GPU, 32 on CPU
-    actors: int | None = None  # model replicas; None: one per GPU, else one
+    actors: int | None = None  # model replicas; None: one per CPU node, or per GPU 2 (decode="cpu") or 4 (decode="device")
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
+    decode: str | None = None  # "cpu" (reading tasks decode) or "device" (the model's device decodes JPEGs); None: device on GPUs
     overwrite: bool = False  # delete an existing table at `out` first instead of resuming it
     force: bool = False  # break the lease of a run that died holding the table (not renewed for 2 minutes)
     rows_per_file: int = 100_000  # commit a Parquet file once this many rows are ready (~5 MB)

@@ -321,6 +321,38 @@ def decode_for_labeling(batch: dict[str, np.ndarray], preset, fs) -> dict[str, n
     return {"path": batch["path"], "image": images, "error": errors}
 
 
+def read_for_device(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.ndarray]:
+    """Batch {path, size} -> {path, payload, orientation, error}: the CPU stage of `--decode device`.
+
+    JPEGs the device decoder takes pass on as their bytes, with their EXIF orientation (1-8).
+    Any other file is decoded here by the CPU `preset`, as `decode_for_labeling` would: its
+    payload is the uint8 (3, S, S) pixels' bytes and its orientation 0. An unreadable file has an
+    empty payload and its reason in `error`, as on the CPU path.
+    """
+    from cgi2real.device_preset import device_orientation
+
+    def read(path, size):
+        data, error = read_file(fs, path, size)
+        if error:
+            return b"", 0, error
+        orientation = device_orientation(data)
+        if orientation:
+            return data, orientation, ""
+        try:
+            return preset(data).numpy().tobytes(), 0, ""
+        except ImageError as e:
+            return b"", 0, str(e)
+
+    sizes = batch["size"] if "size" in batch else [None] * len(batch["path"])
+    payloads, orientations, errors = zip(*_reader_pool().map(read, batch["path"], sizes)) if len(batch["path"]) else ((), (), ())
+    return {
+        "path": batch["path"],
+        "payload": np.array(payloads, dtype=object),
+        "orientation": np.array(orientations, dtype=np.int8),
+        "error": np.array(errors, dtype=object),
+    }
+
+
 def _read_images(paths, sizes, preset, files, map_fn) -> tuple[np.ndarray, np.ndarray]:
     s = preset.image_size
     images = np.zeros((len(paths), 3, s, s), dtype=np.uint8)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cgi2real.classes import DEFAULT_CLASSES, is_image_name
 from cgi2real.data import MASKS_FOLDER
+from cgi2real.device_preset import DevicePreset, device_orientation
 from cgi2real.model import build_model, load_model_package, package_config, save_model_package
 from cgi2real.presets import DEFAULT_GEOMETRY, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
 
@@ -46,14 +47,21 @@ def image_files(folder: str) -> list[str]:
     )
 
 
-def direct_probabilities(package_dir: str, paths: list[str]) -> dict[str, np.ndarray | None]:
-    """Each file predicted on its own, batch of one, without Ray (None: not decodable)."""
+def direct_probabilities(package_dir: str, paths: list[str], decode: str = "cpu") -> dict[str, np.ndarray | None]:
+    """Each file predicted on its own, batch of one, without Ray (None: not decodable).
+
+    With decode="device", a JPEG the device decoder takes is decoded and framed by `DevicePreset`
+    (on CPU here), any other file by the CPU preset, as `--decode device` does.
+    """
     package = load_model_package(package_dir)
     preset = package.eval_preset()
+    on_device = DevicePreset(package.image_size, package.geometry, torch.device("cpu"))
     result = {}
     for path in paths:
+        data = open(path, "rb").read()
+        orientation = device_orientation(data) if decode == "device" else None
         try:
-            pixels = preset(open(path, "rb").read())
+            pixels = on_device([data], [orientation])[0] if orientation else preset(data)
         except ImageError:
             result[path] = None
             continue

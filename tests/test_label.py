@@ -266,6 +266,23 @@ def test_label_a_local_folder_then_rerun_adds_nothing(ray_cluster, package, sour
 
 
 @pytest.mark.slow
+def test_decode_device_labels_what_the_device_preset_shows(ray_cluster, package, source, tmp_path):
+    """--decode device through Ray: JPEG bytes to the model actor, decoded and framed there (CPU
+    tensors here), other files decoded by the reading tasks; the zoo's error rows as ever."""
+    folder, zoo = source
+    expected = direct_probabilities(package, image_files(folder), decode="device")
+    out = tmp_path / "labels"
+    output = invoke("label", folder, "--model", package, "--out", out, "--decode", "device", "--batch-size", 16).output
+    assert "decoding on the model device" in output
+    assert_table_matches(pq.read_table(out), expected, lambda p: p, zoo)
+
+
+def test_an_unknown_decode_mode_is_refused_before_anything_runs(package, source, tmp_path):
+    result = invoke("label", source[0], "--model", package, "--out", tmp_path / "labels", "--decode", "gpu", code=2)
+    assert "--decode 'gpu': expected one of cpu, device" in result.stderr and not (tmp_path / "labels").exists()
+
+
+@pytest.mark.slow
 def test_label_an_s3_prefix_with_an_s3_package(ray_cluster, package, source, expected, s3_client, bucket, s3_endpoint):
     folder, zoo = source
     upload_folder(s3_client, folder, bucket, "photos")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU benchmarks in one run of at most 8 minutes on one H100, through the `device` tool:
+#
+#   run(command="bash bench/gpu.sh", carry=[".device/ray312"], timeout_s=540)
+#
+# .device/ray312 is Ray for the device's Python 3.12, built here by
+# `../shared/tools/pack-ray-py312.sh .device/ray312` (about 25 MB; .device/ is git-ignored).
+# Results go to $OUT/label.txt and $OUT/train.txt (what the tool brings back) and to stdout.
+#
+# PART=label or PART=train runs one of the two. Dry run on a CPU machine, small and without --gpu, to check the script itself before spending
+# device time:  DRY=1 bash bench/gpu.sh
+#
+# 1. labeling: 50,000 JPEGs of mixed sizes (mostly 300-1,000 px, 2 % of 12 megapixels) at 299 px:
+#    the bare bf16 model, then the pipeline with --decode device (1 and 2 replicas per GPU) and
+#    --decode cpu; each mode's reading-stage CPU time and bytes per image.
+# 2. training: bench/train.py at 299 px, batch 64 (cgi2real on Ray Train vs the bare loop).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+export PYTHONUNBUFFERED=1 RAY_DEDUP_LOGS=0
+
+if ! python3 -c "import ray" 2>/dev/null; then
+  site=/tmp/ray312-site
+  mkdir -p "$site"
+  tar xJf .device/ray312/ray312.tar.xz -C "$site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .device/ray312/wheels/*.whl
+  export PYTHONPATH="$site"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ -n "${DRY:-}" ]]; then
+  label=(--photos 600 --image-size 96 --decode device cpu --actors 1 --bare-images 128 --naive-images 8)
+  train=(--generate --per-class 40 --image-size 96 --batch-size 16 --epochs 2)
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  label=(--gpu --photos 50000 --image-size 299 ${LABEL_RUNS:---decode device cpu --actors 1 2})
+  train=(--gpu --generate --per-class 2500 --image-size 299 --batch-size 64 --epochs 3)
+fi
+python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)"
+
+start=$SECONDS
+[[ "${PART:-all}" == train ]] || python3 bench/label.py "${label[@]}" 2>&1 | grep -v "WARNING\|INFO\|labeled (" | tee "$OUT/label.txt" || echo "labeling benchmark FAILED"
+echo "labeling benchmark: $((SECONDS - start)) s"
+start=$SECONDS
+[[ "${PART:-all}" == label ]] || python3 bench/train.py "${train[@]}" 2>&1 | grep -v "WARNING\|INFO\|Reporting training result" | tee "$OUT/train.txt" || echo "training benchmark FAILED"
+echo "training benchmark: $((SECONDS - start)) s"
