@@ -59,6 +59,34 @@ def bare_model(labeler: Labeler, pixels: np.ndarray, batch_size: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def _bare_one_thread(package: str, pixels_file: str, batch_size: int, seconds: float) -> float:
+    """One process of `bare_per_core`: img/s of a one-thread Labeler for `seconds`."""
+    torch.set_num_threads(1)
+    pixels = np.load(pixels_file, mmap_mode="r")
+    labeler = Labeler(*read_model_package(package))
+    batch = {"path": np.full(batch_size, "x", object), "image": np.ascontiguousarray(pixels[:batch_size]), "error": np.full(batch_size, "", object)}
+    labeler(batch)
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        i = (done % (len(pixels) - batch_size + 1)) if len(pixels) > batch_size else 0
+        batch["image"] = np.ascontiguousarray(pixels[i:i + batch_size])
+        labeler(batch)
+        done += batch_size
+    return done / (time.perf_counter() - start)
+
+
+def bare_per_core(package: str, pixels: np.ndarray, batch_size: int, processes: int, seconds: float = 30.0) -> float:
+    """img/s of `processes` one-thread model processes side by side, summed: the CPU ceiling when
+    each core runs its own replica (no thread barriers), as `cgi2real label` does on CPU nodes."""
+    import multiprocessing
+    import tempfile as tf
+
+    with tf.NamedTemporaryFile(suffix=".npy") as f:
+        np.save(f.name, pixels)
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            return sum(pool.starmap(_bare_one_thread, [(package, f.name, batch_size, seconds)] * processes))
+
+
 def naive_loop(labeler: Labeler, paths: list[str], image_size: int) -> float:
     """img/s of read -> decode -> preprocess -> predict, one file at a time."""
     preset = EvalPreset(image_size)
@@ -130,6 +158,7 @@ def main() -> None:
     parser.add_argument("--actors", nargs="+", type=int, default=[None], help="model replicas per run (default: cgi2real label's)")
     parser.add_argument("--bare-images", type=int, default=4096, help="images pre-decoded for the bare model")
     parser.add_argument("--naive-images", type=int, default=64)
+    parser.add_argument("--bare-per-core", action="store_true", help="also time one one-thread model process per core (CPU)")
     parser.add_argument("--gpu", action="store_true", help="model on the GPU (bf16) in all three")
     args = parser.parse_args()
 
@@ -163,7 +192,7 @@ def main() -> None:
     print(f"--decode device pixels vs --decode cpu on {len(diffs)} files: mean abs difference {diffs.mean():.2f} levels, "
           f"per-file mean at most {diffs.max():.2f} (99th percentile {np.percentile(diffs, 99):.2f})")
 
-    decode_rate, frame_rate = device_stage(files, preset, torch.device("cuda" if args.gpu else "cpu"), batch_size)
+    decode_rate, frame_rate = device_stage(files, preset, torch.device("cuda" if args.gpu else "cpu"), batch_size, 2048 if args.gpu else 256)
     print(f"device stage alone (batch {batch_size}): batched JPEG decoding {decode_rate:.0f} img/s, decoding and framing {frame_rate:.0f} img/s")
 
     config, weights = read_model_package(package)
@@ -173,9 +202,13 @@ def main() -> None:
     assert (decoded["error"] == "").all(), "the benchmark images must all decode"
     bare = bare_model(labeler, decoded["image"], batch_size)
     naive = naive_loop(labeler, list(files.paths[: args.naive_images]), args.image_size)
-    del labeler, decoded
+    del labeler
     print(f"bare model (pre-decoded, batch {batch_size}): {bare:.1f} img/s")
     print(f"naive loop (one image at a time, {args.naive_images} images): {naive:.1f} img/s")
+    if args.bare_per_core:
+        per_core = bare_per_core(package, decoded["image"][:1024], batch_size, os.cpu_count())
+        print(f"bare model, one one-thread process per core ({os.cpu_count()}, 30 s): {per_core:.1f} img/s")
+    del decoded
 
     for decode in args.decode or [None]:
         for actors in args.actors:
@@ -188,6 +221,8 @@ def main() -> None:
             print(f"pipeline --decode {decode or 'default'} --actors {actors or 'default'} ({summary.labeled} images in {summary.seconds:.1f} s): {pipeline:.1f} img/s")
             print(f"  first results after {summary.first_seconds:.1f} s ({summary.first_rows} rows), then {steady:.1f} img/s")
             print(f"  ratio pipeline / bare model = {pipeline / bare:.2f} end to end, {steady / bare:.2f} after start-up")
+            if args.bare_per_core:
+                print(f"  ratio pipeline / bare per core = {pipeline / per_core:.2f} end to end, {steady / per_core:.2f} after start-up")
             print(f"  speed-up over the naive loop = {pipeline / naive:.1f}x end to end, {steady / naive:.1f}x after start-up")
             shutil.rmtree(out)
 

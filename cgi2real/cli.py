@@ -179,7 +179,7 @@ def label(
     model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
     out: Annotated[str, typer.Option("--out", help="The label table: a folder or s3:// prefix of Parquet files.")],
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256 on GPU, 32 on CPU).")] = None,
-    actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per CPU node; per GPU 2, or 4 with --decode device).")] = None,
+    actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per core, at most 8 per CPU node; per GPU 2, or 4 with --decode device).")] = None,
     gpu: Gpu = None,
     decode: Annotated[
         Optional[str], typer.Option(help="Where JPEGs are decoded: cpu (reading tasks) or device (the model's GPU, in batches; default with GPUs).")

@@ -91,7 +91,7 @@ class LabelConfig:
     model: str  # model package, local or s3://
     out: str  # the label table: a folder or s3:// prefix of Parquet files
     batch_size: int | None = None  # images per forward pass; None: 256 on GPU, 32 on CPU
-    actors: int | None = None  # model replicas; None: one per CPU node, or per GPU 2 (decode="cpu") or 4 (decode="device")
+    actors: int | None = None  # model replicas; None: one per core (at most 8 per CPU node), or per GPU 2 (decode="cpu") or 4 (decode="device")
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
     decode: str | None = None  # "cpu" (reading tasks decode) or "device" (the model's device decodes JPEGs); None: device on GPUs
     overwrite: bool = False  # delete an existing table at `out` first instead of resuming it

@@ -56,6 +56,10 @@ GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
 # waits for its batch, another computes (BENCHMARKS.md: on one H100, device decoding ran 2,124 img/s
 # with 2 and 2,471 with 4; CPU decoding 2,434 with 1 and 2,972-3,316 with 2).
 ACTORS_PER_GPU = {"device": 4, "cpu": 2}
+# On CPU nodes, one model replica per core (up to this many per node, which then share the cores
+# in threads): on 2 cores two one-thread replicas labeled 15 % faster than one two-thread replica,
+# which loses time at every thread barrier whenever Ray's own processes take a core (BENCHMARKS.md).
+CPU_ACTORS_PER_NODE = 8
 
 
 # --- The model actor ---------------------------------------------------------------------------
@@ -613,9 +617,13 @@ def _plan(cfg: LabelConfig) -> Plan:
     if use_gpu:
         actors = cfg.actors or max(gpus, 1) * ACTORS_PER_GPU[decode]
         return Plan(True, actors, min(1.0, max(gpus, 1) / actors), None, decode, batch_size)
-    nodes = max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")))
-    actors = cfg.actors or nodes
-    return Plan(False, actors, 0.0, math.ceil(actors / nodes), decode, batch_size)
+    here = ray.get_runtime_context().get_node_id()
+    cores = [  # per CPU node: its CPUs, and on this node no more than this process may use
+        min(int(n["Resources"]["CPU"]), node_cpus()) if n["NodeID"] == here else int(n["Resources"]["CPU"])
+        for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")
+    ] or [1]
+    actors = cfg.actors or len(cores) * max(1, min(CPU_ACTORS_PER_NODE, min(cores)))
+    return Plan(False, actors, 0.0, math.ceil(actors / len(cores)), decode, batch_size)
 
 
 def labeling_dataset(files: ImageFiles, todo: list[int], preset: EvalPreset, config: dict, weights_ref, plan: Plan):
