@@ -99,7 +99,7 @@ class Labeler:
         if decode == "device":
             self.device_preset = DevicePreset(package.image_size, package.geometry, self.device)
             self.cpu_preset = package.eval_preset()
-        self.cpu_fallbacks = 0  # device-mode batches whose JPEGs the CPU decoded after the batch failed
+        self.warned_fallback = False
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = np.array(batch["error"], dtype=object)  # device decoding may add some
@@ -129,8 +129,11 @@ class Labeler:
         if jpegs:
             try:
                 out[jpegs] = self.device_preset([batch["payload"][i] for i in jpegs], [int(orientations[i]) for i in jpegs])
-            except Exception:  # nvJPEG refused one of them (arithmetic coding, a corrupt scan, ...): one by one on CPU
-                self.cpu_fallbacks += 1
+            except Exception as e:  # nvJPEG refused one of them (arithmetic coding, a corrupt scan, ...): one by one on CPU
+                if not self.warned_fallback:
+                    self.warned_fallback = True
+                    print(f"warning: a batch failed to decode on {self.device.type} ({first_line(e)}); "
+                          "decoding its JPEGs one by one on the CPU (said once per model actor)", flush=True)
                 for i in jpegs:
                     pixels, error = _cpu_pixels(self.cpu_preset, batch["payload"][i])
                     if error:
