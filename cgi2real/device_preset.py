@@ -13,12 +13,11 @@ square with the geometry of `presets.EvalPreset`:
 - the CPU preset decodes large JPEGs at a reduced scale (Pillow's `draft`), which the device
   decoders cannot: block averages stand in for it;
 - resizing uses Pillow's own bilinear weights (its `precompute_coeffs`).
-The three steps are folded into two matrices per stored size and orientation (`_plan_cpu`), so
+The three steps are folded into two matrices per stored size and orientation (`_make_plan`), so
 each picture costs two small matrix products. A picture that is not reduced comes out within a
 level or two of the CPU preset's pixels (JPEG decoders and rounding); reduced ones within a few.
 """
 
-import functools
 import io
 import warnings
 from dataclasses import dataclass, replace
@@ -26,10 +25,11 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import JpegImagePlugin
 
-from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, RESIZE_RATIO, center_crop_box, check_geometry
+from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, RESIZE_RATIO, center_crop_box, check_geometry, exif_orientation
 
 # Components of a JPEG that libjpeg would read as RGB rather than YCbCr: decoders disagree there.
 _RGB_COMPONENT_IDS = (ord("R"), ord("G"), ord("B"))
+PLANS_KEPT = 256  # framing plans kept per actor, by stored size and orientation
 
 
 def device_orientation(data: bytes) -> int | None:
@@ -47,19 +47,10 @@ def device_orientation(data: bytes) -> int | None:
             return None
         if img.mode == "RGB" and (img.info.get("adobe_transform") == 0 or tuple(c[0] for c in img.layer) == _RGB_COMPONENT_IDS):
             return None
-        orientation = _orientation(img)
+        orientation = exif_orientation(img)  # read as the CPU path reads it
     except Exception:  # whatever Pillow makes of a broken header, the CPU decoder reports it
         return None
     return orientation
-
-
-def _orientation(img) -> int:
-    """`presets._upright`'s reading of the EXIF orientation: 1 when absent or unreadable."""
-    try:
-        value = img.getexif().get(0x0112, 1)
-    except Exception:
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
@@ -75,8 +66,7 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]
         return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
 
-@functools.lru_cache(maxsize=1024)
-def _weights_cpu(in_size: int, in0: float, in1: float, out_size: int) -> tuple[torch.Tensor, int]:
+def _pillow_weights(in_size: int, in0: float, in1: float, out_size: int) -> tuple[torch.Tensor, int]:
     """Pillow's bilinear resampling weights from source span [in0, in1) to `out_size` pixels.
 
     Returns (weights (out_size, n), first): output pixel i is sum_j weights[i, j] * source[first + j].
@@ -120,7 +110,7 @@ def _pool(length: int, scale: int) -> torch.Tensor:
 
 
 def _dense(length: int, in0: float, in1: float, out_size: int) -> torch.Tensor:
-    weights, first = _weights_cpu(length, in0, in1, out_size)
+    weights, first = _pillow_weights(length, in0, in1, out_size)
     dense = torch.zeros((out_size, length), dtype=torch.float64)
     dense[:, first:first + weights.shape[1]] = weights.double()
     return dense
@@ -133,8 +123,7 @@ def _band(matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
     return matrix[:, first:last].float().contiguous(), first
 
 
-@functools.lru_cache(maxsize=4096)
-def _plan_cpu(height: int, width: int, orientation: int, size: int, resize_size: int, geometry: str) -> _Plan:
+def _make_plan(height: int, width: int, orientation: int, size: int, resize_size: int, geometry: str) -> _Plan:
     """The `_Plan` of a stored height x width picture with EXIF `orientation`.
 
     Folds into two matrices what the CPU preset does in steps: the reduced-scale decode (block
@@ -173,7 +162,8 @@ def _plan_cpu(height: int, width: int, orientation: int, size: int, resize_size:
 
 
 class _Plans:
-    """`_plan_cpu`'s matrices kept on the device too, so a size seen before costs no transfer."""
+    """The plans of the last PLANS_KEPT sizes seen, their matrices on the device (about 1 MB each
+    at 299 px): a bucket's common photo sizes cost their matrices once."""
 
     def __init__(self, device: torch.device):
         self.device, self.cache = device, {}
@@ -181,9 +171,9 @@ class _Plans:
     def __call__(self, *key) -> _Plan:
         found = self.cache.get(key)
         if found is None:
-            plan = _plan_cpu(*key)
+            plan = _make_plan(*key)
             found = self.cache[key] = replace(plan, rows=plan.rows.to(self.device), cols=plan.cols.to(self.device))
-            if len(self.cache) > 4096:
+            if len(self.cache) > PLANS_KEPT:
                 self.cache.pop(next(iter(self.cache)))
         return found
 

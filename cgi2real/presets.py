@@ -116,14 +116,20 @@ def _upright(img: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation says (ImageOps.exif_transpose's table).
 
     Not exif_transpose itself: it re-encodes the EXIF block, and raises on tags of a type other
-    than the standard's, which cameras and editors write. EXIF that does not parse is ignored.
+    than the standard's, which cameras and editors write.
     """
+    method = _TRANSPOSE.get(exif_orientation(img))
+    return img.transpose(method) if method is not None else img
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """An opened image's EXIF orientation, 1 to 8; 1 when absent, out of range, or when the EXIF
+    block does not parse (that is ignored, not an error)."""
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:
-        return img
-    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-    return img.transpose(method) if method is not None else img
+        return 1
+    return orientation if isinstance(orientation, int) and orientation in _TRANSPOSE else 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
