@@ -633,8 +633,8 @@ def labeling_dataset(files: ImageFiles, todo: list[int], preset: EvalPreset, con
     """The Ray Dataset: file rows -> reading tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}.
 
     The reading tasks decode and preprocess (`decode_for_labeling`), or with `decode="device"`
-    pass JPEG bytes on (`read_for_device`): a tenth of the bytes through the object store, and
-    no CPU time spent decoding them.
+    pass JPEG bytes on (`read_for_device`): at 299 px, 0.1-0.5 of the bytes through the object
+    store and a twentieth of the CPU time (BENCHMARKS.md).
     """
     import ray.data
 
