@@ -20,7 +20,7 @@ level or two of the CPU preset's pixels (JPEG decoders and rounding); reduced on
 
 import io
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from PIL import JpegImagePlugin
@@ -29,7 +29,7 @@ from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, RESIZE_RATIO, center_crop_
 
 # Components of a JPEG that libjpeg would read as RGB rather than YCbCr: decoders disagree there.
 _RGB_COMPONENT_IDS = (ord("R"), ord("G"), ord("B"))
-PLANS_KEPT = 256  # framing plans kept per actor, by stored size and orientation
+PLANS_KEPT = 512  # framing plans kept per actor (LRU), by stored size and orientation: about 1 MB each at 299 px
 
 
 def device_orientation(data: bytes) -> int | None:
@@ -88,6 +88,22 @@ def _pillow_weights(in_size: int, in0: float, in1: float, out_size: int) -> tupl
 
 
 @dataclass(frozen=True)
+class _Axis:
+    """One axis of a plan: output pixel i is sum_j weights[i, j // scale] * stored[first + j], for
+    j < width. The weights are per reduced pixel (already divided by its block's size), so the
+    matrix is `scale` times narrower than the stored band until `expand` spreads it."""
+
+    weights: torch.Tensor  # (out, n) float32
+    first: int  # first stored pixel of the band
+    width: int  # stored pixels in the band
+    scale: int
+
+    def expand(self, device: torch.device) -> torch.Tensor:
+        """The (out, width) matrix on `device` (spread there: it is `scale` times larger)."""
+        return self.weights.to(device).repeat_interleave(self.scale, dim=1)[:, : self.width].contiguous()
+
+
+@dataclass(frozen=True)
 class _Plan:
     """How one stored picture becomes the model's square: out = rows @ X @ cols.T (X the stored
     pixels' band [row0:, col0:]), transposed if `transpose`, placed at (top, left) in the square."""
@@ -101,69 +117,57 @@ class _Plan:
     left: int
 
 
-def _pool(length: int, scale: int) -> torch.Tensor:
-    """(ceil(length / scale), length): averages of `scale` neighbours, as a reduced-scale decode."""
+def _axis(length: int, scale: int, in0: float, in1: float, out_size: int, reverse: bool) -> _Axis:
+    """The map from `length` stored pixels to `out_size` output pixels along one axis.
+
+    The stored axis is reduced by averages of `scale` neighbours (the reduced-scale decode), read
+    backwards if `reverse` (the EXIF turn), then resized from [in0, in1) by Pillow's weights. Only
+    the band of stored pixels that is used is kept.
+    """
     reduced = -(-length // scale)
-    block = torch.arange(length) // scale
-    pool = (block[None, :] == torch.arange(reduced)[:, None]).double()
-    return pool / pool.sum(dim=1, keepdim=True)
+    weights, first = _pillow_weights(reduced, in0, in1, out_size)  # on the reduced, upright axis
+    if reverse:  # upright index j is stored (reduced) index reduced - 1 - j
+        weights, first = weights.flip(1), reduced - first - weights.shape[1]
+    counts = torch.full((weights.shape[1],), float(scale))
+    if first + weights.shape[1] == reduced:
+        counts[-1] = length - (reduced - 1) * scale  # the last block may be short
+    width = min(length - first * scale, weights.shape[1] * scale)
+    return _Axis((weights / counts).contiguous(), first * scale, width, scale)
 
 
-def _dense(length: int, in0: float, in1: float, out_size: int) -> torch.Tensor:
-    weights, first = _pillow_weights(length, in0, in1, out_size)
-    dense = torch.zeros((out_size, length), dtype=torch.float64)
-    dense[:, first:first + weights.shape[1]] = weights.double()
-    return dense
-
-
-def _band(matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The columns of `matrix` that are not all zero, and the first one's index."""
-    used = torch.nonzero(matrix.abs().sum(dim=0) > 0).flatten()
-    first, last = int(used[0]), int(used[-1]) + 1
-    return matrix[:, first:last].float().contiguous(), first
-
-
-def _make_plan(height: int, width: int, orientation: int, size: int, resize_size: int, geometry: str) -> _Plan:
-    """The `_Plan` of a stored height x width picture with EXIF `orientation`.
+def _make_plan(height: int, width: int, orientation: int, size: int, resize_size: int, geometry: str) -> tuple:
+    """The plan of a stored height x width picture with EXIF `orientation`: (rows `_Axis`, columns
+    `_Axis`, transpose?, top, left), which `_Plans` turns into a `_Plan` on the device.
 
     Folds into two matrices what the CPU preset does in steps: the reduced-scale decode (block
-    averages), the EXIF turn (a transpose and reversed columns), and Pillow's resize of the
+    averages), the EXIF turn (a transpose and reversed axes), and Pillow's resize of the
     geometry's box.
     """
     scale = draft_scale(width, height, resize_size)
-    pool_rows, pool_cols = _pool(height, scale), _pool(width, scale)
     transpose = orientation in (5, 6, 7, 8)
-    up_height, up_width = (pool_cols.shape[0], pool_rows.shape[0]) if transpose else (pool_rows.shape[0], pool_cols.shape[0])
+    reduced_height, reduced_width = -(-height // scale), -(-width // scale)
+    up_height, up_width = (reduced_width, reduced_height) if transpose else (reduced_height, reduced_width)
+    out_w = out_h = size
     if geometry == "crop":
         left, top, right, bottom = center_crop_box(up_width, up_height, size, resize_size)
-        out_w = out_h = size
     else:
         left, top, right, bottom = 0, 0, up_width, up_height
-        out_w = out_h = size
         if geometry == "pad":
             out_w = max(1, round(up_width * size / max(up_width, up_height)))
             out_h = max(1, round(up_height * size / max(up_width, up_height)))
-    along_rows = _dense(up_height, top, bottom, out_h)  # (out_h, up_height)
-    along_cols = _dense(up_width, left, right, out_w)  # (out_w, up_width)
     # Which upright axes run backwards over the stored picture (Pillow's transposes of presets._upright).
-    reverse_rows, reverse_cols = {2: (False, True), 3: (True, True), 4: (True, False), 5: (False, False),
-                                  6: (False, True), 7: (True, True), 8: (True, False)}.get(orientation, (False, False))
-    if reverse_rows:
-        along_rows = along_rows.flip(1)
-    if reverse_cols:
-        along_cols = along_cols.flip(1)
-    if transpose:  # upright rows run along stored columns
-        stored_rows, stored_cols = along_cols @ pool_rows, along_rows @ pool_cols
+    reverse_rows, reverse_cols = {2: (False, True), 3: (True, True), 4: (True, False), 6: (False, True),
+                                  7: (True, True), 8: (True, False)}.get(orientation, (False, False))
+    if transpose:  # upright rows run along stored columns, upright columns along stored rows
+        rows, cols = _axis(height, scale, left, right, out_w, reverse_cols), _axis(width, scale, top, bottom, out_h, reverse_rows)
     else:
-        stored_rows, stored_cols = along_rows @ pool_rows, along_cols @ pool_cols
-    rows, row0 = _band(stored_rows)
-    cols, col0 = _band(stored_cols)
-    return _Plan(rows, row0, cols, col0, transpose, (size - out_h) // 2, (size - out_w) // 2)
+        rows, cols = _axis(height, scale, top, bottom, out_h, reverse_rows), _axis(width, scale, left, right, out_w, reverse_cols)
+    return rows, cols, transpose, (size - out_h) // 2, (size - out_w) // 2
 
 
 class _Plans:
-    """The plans of the last PLANS_KEPT sizes seen, their matrices on the device (about 1 MB each
-    at 299 px): a bucket's common photo sizes cost their matrices once."""
+    """The plans of the PLANS_KEPT sizes used last, their matrices on the device: a bucket's
+    common photo sizes cost their matrices once."""
 
     def __init__(self, device: torch.device):
         self.device, self.cache = device, {}
@@ -171,10 +175,12 @@ class _Plans:
     def __call__(self, *key) -> _Plan:
         found = self.cache.get(key)
         if found is None:
-            plan = _make_plan(*key)
-            found = self.cache[key] = replace(plan, rows=plan.rows.to(self.device), cols=plan.cols.to(self.device))
+            rows, cols, transpose, top, left = _make_plan(*key)
+            found = self.cache[key] = _Plan(rows.expand(self.device), rows.first, cols.expand(self.device), cols.first, transpose, top, left)
             if len(self.cache) > PLANS_KEPT:
-                self.cache.pop(next(iter(self.cache)))
+                self.cache.pop(next(iter(self.cache)))  # the least recently used
+        else:
+            self.cache[key] = self.cache.pop(key)  # most recently used last
         return found
 
 
