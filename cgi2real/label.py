@@ -601,6 +601,7 @@ class Plan:
     use_gpu: bool
     actors: int  # model replicas
     gpus_per_actor: float  # 0 on CPU; below 1 when several replicas share a GPU
+    cpus_per_actor: float  # the replicas of one GPU reserve one CPU together, so decoding keeps the rest
     actors_per_node: int | None  # CPU replicas per node (they share its cores); None on GPUs
     decode: str  # "cpu": reading tasks decode; "device": the model's device decodes JPEGs
     batch_size: int
@@ -619,14 +620,15 @@ def _plan(cfg: LabelConfig) -> Plan:
     batch_size = cfg.batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
     if use_gpu:
         actors = cfg.actors or max(gpus, 1) * ACTORS_PER_GPU[decode]
-        return Plan(True, actors, min(1.0, max(gpus, 1) / actors), None, decode, batch_size)
+        share = min(1.0, max(gpus, 1) / actors)
+        return Plan(True, actors, share, share, None, decode, batch_size)
     here = ray.get_runtime_context().get_node_id()
     cores = [  # per CPU node: its CPUs, and on this node no more than this process may use
         min(int(n["Resources"]["CPU"]), node_cpus()) if n["NodeID"] == here else int(n["Resources"]["CPU"])
         for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")
     ] or [1]
     actors = cfg.actors or len(cores) * max(1, min(CPU_ACTORS_PER_NODE, min(cores)))
-    return Plan(False, actors, 0.0, math.ceil(actors / len(cores)), decode, batch_size)
+    return Plan(False, actors, 0.0, 1, math.ceil(actors / len(cores)), decode, batch_size)
 
 
 def labeling_dataset(files: ImageFiles, todo: list[int], preset: EvalPreset, config: dict, weights_ref, plan: Plan):
@@ -657,7 +659,7 @@ def labeling_dataset(files: ImageFiles, todo: list[int], preset: EvalPreset, con
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=plan.actors),
             num_gpus=plan.gpus_per_actor,
-            num_cpus=1,
+            num_cpus=plan.cpus_per_actor,
         )
     )
 
