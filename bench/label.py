@@ -98,10 +98,15 @@ def naive_loop(labeler: Labeler, paths: list[str], image_size: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def file_batch(files, sample: int) -> dict:
+    """The first `sample` files as the reading stage gets them: {path, size}."""
+    return {"path": np.array(files.paths[:sample], object), "size": np.array(files.sizes[:sample])}
+
+
 def reading_stage(files, preset, decode: str, sample: int = 512) -> tuple[float, float]:
     """(CPU ms per image, KiB per image sent on) of the reading stage of `decode` on the first `sample` files."""
-    n = min(sample, len(files))
-    batch = {"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}
+    batch = file_batch(files, sample)
+    n = len(batch["path"])
     start = time.process_time()  # the reading threads' CPU time is this process's
     out = (read_for_device if decode == "device" else decode_for_labeling)(batch, preset, files.root.fs)
     seconds = time.process_time() - start
@@ -111,23 +116,21 @@ def reading_stage(files, preset, decode: str, sample: int = 512) -> tuple[float,
 
 def device_pixel_differences(files, preset, device: torch.device, sample: int = 256) -> np.ndarray:
     """Per file, the mean absolute difference (in levels) between the model inputs of the two modes."""
-    n = min(sample, len(files))
-    batch = {"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}
+    batch = file_batch(files, sample)
     cpu = decode_for_labeling(batch, preset, files.root.fs)["image"].astype(np.int16)
     read = read_for_device(batch, preset, files.root.fs)
     jpegs = np.flatnonzero(read["orientation"] > 0)
-    on_device = DevicePreset(preset.image_size, preset.geometry, device)([read["payload"][i] for i in jpegs], [int(read["orientation"][i]) for i in jpegs])
+    on_device = DevicePreset(preset, device)([read["payload"][i] for i in jpegs], [int(read["orientation"][i]) for i in jpegs])
     return np.abs(on_device.cpu().numpy().astype(np.int16) - cpu[jpegs]).mean(axis=(1, 2, 3))
 
 
 def device_stage(files, preset, device: torch.device, batch_size: int, sample: int = 2048) -> tuple[float, float]:
     """img/s of the model actor's decoding with --decode device, without the model: the batched
     JPEG decode alone, and decode plus framing (`DevicePreset`), over the first `sample` files."""
-    n = min(sample, len(files))
-    read = read_for_device({"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}, preset, files.root.fs)
-    jpegs = [i for i in range(n) if read["orientation"][i] > 0]
+    read = read_for_device(file_batch(files, sample), preset, files.root.fs)
+    jpegs = [i for i in range(len(read["path"])) if read["orientation"][i] > 0]
     batches = [jpegs[i:i + batch_size] for i in range(0, len(jpegs), batch_size)]
-    framing = DevicePreset(preset.image_size, preset.geometry, device)
+    framing = DevicePreset(preset, device)
 
     def rate(step) -> float:
         step(batches[0])  # warm-up: CUDA context, nvJPEG handles, first plans
@@ -188,17 +191,17 @@ def main() -> None:
         ms, kib = reading_stage(files, preset, decode)
         print(f"reading stage, --decode {decode}: {ms:.2f} ms CPU per image, {kib:.1f} KiB per image to the model actors")
 
-    diffs = device_pixel_differences(files, preset, torch.device("cuda" if args.gpu else "cpu"))
+    device = torch.device("cuda" if args.gpu else "cpu")
+    diffs = device_pixel_differences(files, preset, device)
     print(f"--decode device pixels vs --decode cpu on {len(diffs)} files: mean abs difference {diffs.mean():.2f} levels, "
           f"per-file mean at most {diffs.max():.2f} (99th percentile {np.percentile(diffs, 99):.2f})")
 
-    decode_rate, frame_rate = device_stage(files, preset, torch.device("cuda" if args.gpu else "cpu"), batch_size, 2048 if args.gpu else 256)
+    decode_rate, frame_rate = device_stage(files, preset, device, batch_size, 2048 if args.gpu else 256)
     print(f"device stage alone (batch {batch_size}): batched JPEG decoding {decode_rate:.0f} img/s, decoding and framing {frame_rate:.0f} img/s")
 
     config, weights = read_model_package(package)
     labeler = Labeler(config, weights, use_gpu=args.gpu)
-    n = min(args.bare_images, len(files))
-    decoded = decode_for_labeling({"path": np.array(files.paths[:n], object), "size": np.array(files.sizes[:n])}, preset, files.root.fs)
+    decoded = decode_for_labeling(file_batch(files, args.bare_images), preset, files.root.fs)
     assert (decoded["error"] == "").all(), "the benchmark images must all decode"
     bare = bare_model(labeler, decoded["image"], batch_size)
     naive = naive_loop(labeler, list(files.paths[: args.naive_images]), args.image_size)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from cgi2real.classes import IMAGE_EXTENSIONS, class_for_folder, composite_pairs, is_image_name
+from cgi2real.device_preset import device_orientation
 from cgi2real.errors import InputError
 from cgi2real.presets import ImageError, image_errors, paste_figures
 from cgi2real.storage import Location, first_line, locate, read_whole
@@ -212,8 +213,11 @@ def scan_image_files(uri: str, s3_endpoint: str | None = None) -> ImageFiles:
 def read_image(fs, path: str, preset, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """Read and preprocess one file: (uint8 pixels, None), or (None, a short reason it failed)."""
     data, error = read_file(fs, path, size)
-    if error:
-        return None, error
+    return (None, error) if error else preprocess(preset, data)
+
+
+def preprocess(preset, data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """A file's bytes through `preset`: (uint8 pixels, None), or (None, the short reason it failed)."""
     try:
         return preset(data).numpy(), None
     except ImageError as e:
@@ -329,8 +333,6 @@ def read_for_device(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.nd
     payload is the uint8 (3, S, S) pixels' bytes and its orientation 0. An unreadable file has an
     empty payload and its reason in `error`, as on the CPU path.
     """
-    from cgi2real.device_preset import device_orientation
-
     def read(path, size):
         data, error = read_file(fs, path, size)
         if error:
@@ -338,18 +340,15 @@ def read_for_device(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.nd
         orientation = device_orientation(data)
         if orientation:
             return data, orientation, ""
-        try:
-            return preset(data).numpy().tobytes(), 0, ""
-        except ImageError as e:
-            return b"", 0, str(e)
+        pixels, error = preprocess(preset, data)
+        return (b"", 0, error) if error else (pixels.tobytes(), 0, "")
 
-    sizes = batch["size"] if "size" in batch else [None] * len(batch["path"])
-    payloads, orientations, errors = zip(*_reader_pool().map(read, batch["path"], sizes)) if len(batch["path"]) else ((), (), ())
+    rows = list(_reader_pool().map(read, batch["path"], batch["size"]))
     return {
         "path": batch["path"],
-        "payload": np.array(payloads, dtype=object),
-        "orientation": np.array(orientations, dtype=np.int8),
-        "error": np.array(errors, dtype=object),
+        "payload": np.array([r[0] for r in rows], dtype=object),
+        "orientation": np.array([r[1] for r in rows], dtype=np.int8),
+        "error": np.array([r[2] for r in rows], dtype=object),
     }
 
 

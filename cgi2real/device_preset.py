@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import torch
 from PIL import JpegImagePlugin
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, RESIZE_RATIO, center_crop_box, check_geometry, exif_orientation
+from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, EvalPreset, center_crop_box, exif_orientation, pad_size
 
 # Components of a JPEG that libjpeg would read as RGB rather than YCbCr: decoders disagree there.
 _RGB_COMPONENT_IDS = (ord("R"), ord("G"), ord("B"))
@@ -58,8 +59,6 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]
 
     Raises if any of them fails: the caller decodes that batch on the CPU instead.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29 marks its decoders deprecated in favour of TorchCodec
@@ -153,8 +152,7 @@ def _make_plan(height: int, width: int, orientation: int, size: int, resize_size
     else:
         left, top, right, bottom = 0, 0, up_width, up_height
         if geometry == "pad":
-            out_w = max(1, round(up_width * size / max(up_width, up_height)))
-            out_h = max(1, round(up_height * size / max(up_width, up_height)))
+            out_w, out_h = pad_size(up_width, up_height, size)
     # Which upright axes run backwards over the stored picture (Pillow's transposes of presets._upright).
     reverse_rows, reverse_cols = {2: (False, True), 3: (True, True), 4: (True, False), 6: (False, True),
                                   7: (True, True), 8: (True, False)}.get(orientation, (False, False))
@@ -185,12 +183,10 @@ class _Plans:
 
 
 class DevicePreset:
-    """JPEG bytes -> the eval preset's uint8 (B, 3, S, S) on a device, by the package's geometry."""
+    """JPEG bytes -> the uint8 (B, 3, S, S) that `preset` (an EvalPreset) makes, on a device."""
 
-    def __init__(self, image_size: int, geometry: str, device: torch.device):
-        check_geometry(geometry)
-        self.image_size, self.geometry, self.device = image_size, geometry, device
-        self.resize_size = round(image_size * RESIZE_RATIO)
+    def __init__(self, preset: EvalPreset, device: torch.device):
+        self.image_size, self.geometry, self.resize_size, self.device = preset.image_size, preset.geometry, preset.resize_size, device
         self.plans = _Plans(device)
         self.fill = torch.tensor(MEAN_COLOUR, dtype=torch.uint8, device=device).view(3, 1, 1)
 

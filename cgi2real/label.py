@@ -33,12 +33,12 @@ import torch
 
 import cgi2real
 from cgi2real.config import LabelConfig
-from cgi2real.data import ImageFiles, LabeledImages, decode_for_labeling, read_for_device, scan_image_files
+from cgi2real.data import ImageFiles, LabeledImages, decode_for_labeling, preprocess, read_for_device, scan_image_files
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.evaluate import check_abstain_below
 from cgi2real.model import ModelPackage, package_from_bytes, read_model_package
 from cgi2real.device_preset import DevicePreset
-from cgi2real.presets import EvalPreset, ImageError, normalize
+from cgi2real.presets import EvalPreset, normalize
 from cgi2real.runtime import autocast, check_local_paths, node_cpus, start_ray
 from cgi2real.storage import Location, first_line, locate
 
@@ -97,8 +97,8 @@ class Labeler:
         self.mean, self.std, self.num_classes = package.mean, package.std, len(package.classes)
         self.decode = decode
         if decode == "device":
-            self.device_preset = DevicePreset(package.image_size, package.geometry, self.device)
             self.cpu_preset = package.eval_preset()
+            self.device_preset = DevicePreset(self.cpu_preset, self.device)
         self.warned_fallback = False
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,23 +135,16 @@ class Labeler:
                     print(f"warning: a batch failed to decode on {self.device.type} ({first_line(e)}); "
                           "decoding its JPEGs one by one on the CPU (said once per model actor)", flush=True)
                 for i in jpegs:
-                    pixels, error = _cpu_pixels(self.cpu_preset, batch["payload"][i])
+                    pixels, error = preprocess(self.cpu_preset, batch["payload"][i])
                     if error:
                         errors[i] = error
                     else:
-                        out[i] = pixels.to(self.device)
+                        out[i] = torch.from_numpy(pixels).to(self.device)
         decoded = [i for i in rows if orientations[i] == 0]
         if decoded:
             raw = np.frombuffer(b"".join(batch["payload"][i] for i in decoded), dtype=np.uint8).reshape(len(decoded), 3, s, s)
             out[decoded] = torch.from_numpy(raw.copy()).to(self.device, non_blocking=True)
         return out[torch.from_numpy(errors == "").to(self.device)]
-
-
-def _cpu_pixels(preset: EvalPreset, data: bytes) -> tuple[torch.Tensor | None, str | None]:
-    try:
-        return preset(data), None
-    except ImageError as e:
-        return None, str(e)
 
 
 DECODES = ("cpu", "device")

@@ -161,11 +161,15 @@ def frame(img: Image.Image, size: int, geometry: str, box: tuple[float, ...] | N
     box = box or (0, 0, img.width, img.height)
     if geometry != "pad":
         return img.resize((size, size), Image.BILINEAR, box=box)
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    w, h = max(1, round(bw * size / max(bw, bh))), max(1, round(bh * size / max(bw, bh)))
+    w, h = pad_size(box[2] - box[0], box[3] - box[1], size)
     canvas = Image.new(img.mode, (size, size), fill)
     canvas.paste(img.resize((w, h), Image.BILINEAR, box=box), ((size - w) // 2, (size - h) // 2))
     return canvas
+
+
+def pad_size(width: float, height: float, size: int) -> tuple[int, int]:
+    """The size that a width x height picture takes inside a size x size square, for "pad"."""
+    return max(1, round(width * size / max(width, height))), max(1, round(height * size / max(width, height)))
 
 
 def center_crop_box(width: int, height: int, size: int, resize_size: int) -> tuple[float, float, float, float]:

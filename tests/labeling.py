@@ -55,7 +55,7 @@ def direct_probabilities(package_dir: str, paths: list[str], decode: str = "cpu"
     """
     package = load_model_package(package_dir)
     preset = package.eval_preset()
-    on_device = DevicePreset(package.image_size, package.geometry, torch.device("cpu"))
+    on_device = DevicePreset(preset, torch.device("cpu"))
     result = {}
     for path in paths:
         data = open(path, "rb").read()

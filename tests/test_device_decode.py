@@ -50,7 +50,8 @@ def test_every_exif_orientation_and_geometry_matches_the_cpu_preset(geometry):
     size = 64
     img = photo(150, 100)  # not reduced at decode time: min(150, 100) // 73 == 1
     assert draft_scale(150, 100, round(size * 342 / 299)) == 1
-    cpu, device = EvalPreset(size, geometry), DevicePreset(size, geometry, CPU)
+    cpu = EvalPreset(size, geometry)
+    device = DevicePreset(cpu, CPU)
     for orientation in range(1, 9):
         data = jpeg(img, orientation)
         difference = np.abs(device_pixels(device, data) - cpu(data).numpy().astype(np.int16))
@@ -63,7 +64,8 @@ def test_every_exif_orientation_and_geometry_matches_the_cpu_preset(geometry):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_large_pictures_are_reduced_as_the_cpu_decoder_reduces_them(geometry):
     size = 64
-    cpu, device = EvalPreset(size, geometry), DevicePreset(size, geometry, CPU)
+    cpu = EvalPreset(size, geometry)
+    device = DevicePreset(cpu, CPU)
     for width, height, orientation in [(900, 500, 1), (500, 950, 6), (1300, 800, 3), (700, 600, 8)]:
         data = jpeg(photo(width, height, seed=width), orientation)
         assert draft_scale(width, height, round(size * 342 / 299)) > 1
