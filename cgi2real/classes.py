@@ -14,6 +14,7 @@ ALIASES = {"horses": "horse", "humans": "human", "person": "human", "people": "h
 COMPOSITES = {"both": ("horse", "human")}
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+MASKS_FOLDER = "_masks"  # figure masks of a labeled dataset, beside its class folders: not images to label
 
 # Class names become Parquet columns (p_<class>) and folder names: keep them plain.
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -175,9 +175,15 @@ def evaluate(
 @app.command()
 @_fails_cleanly
 def label(
-    source: Annotated[str, typer.Argument(help="Images to label: a folder or s3:// prefix, scanned recursively.")],
     model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
     out: Annotated[str, typer.Option("--out", help="The label table: a folder or s3:// prefix of Parquet files.")],
+    source: Annotated[
+        Optional[str], typer.Argument(help="Images to label: a folder or s3:// prefix, listed recursively (or one image file).")
+    ] = None,
+    manifest: Annotated[
+        Optional[str],
+        typer.Option(help="Instead of SOURCE, the images to label: a Parquet or CSV file with a path column, or an S3 Inventory manifest.json."),
+    ] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256 on GPU, 32 on CPU).")] = None,
     actors: Annotated[Optional[int], typer.Option(help="Model replicas (default one per core, at most 8 per CPU node; per GPU 2, or 4 with --decode device).")] = None,
     gpu: Gpu = None,
@@ -190,16 +196,26 @@ def label(
     abstain_below: AbstainBelow = None,
     s3_endpoint: S3Endpoint = None,
 ):
-    """Label every image under SOURCE with a model package into a Parquet label table (resumable)."""
+    """Label every image under SOURCE (or listed in --manifest) with a model package into a Parquet label table (resumable)."""
     from cgi2real import label as labeling
 
     summary = labeling.run(
         LabelConfig(
-            source=source, model=model, out=out, batch_size=batch_size, actors=actors, use_gpu=gpu, decode=decode,
+            source=source, model=model, out=out, manifest=manifest, batch_size=batch_size, actors=actors, use_gpu=gpu, decode=decode,
             overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
         )
     )
     typer.echo(labeling.format_summary(summary))
+    _refuse_unavailable(summary)
+
+
+def _refuse_unavailable(summary) -> None:
+    """Exit 1 when some images were unavailable through every retry (they have no row yet)."""
+    if summary.unavailable:
+        raise RunFailed(
+            f"{summary.unavailable} images could not be read through every retry and have no row "
+            f"(e.g. {summary.unavailable_example}); rerun the same command to label exactly them"
+        )
 
 
 @app.command()
@@ -361,7 +377,7 @@ def demo(
     accuracy = next(iter(result["datasets"].values()))["accuracy"]
     typer.echo(f"[4/4] labeling {data['unlabeled']} into a Parquet table")
     table = os.path.join(root, "labels")
-    labeling.run(LabelConfig(source=data["unlabeled"], model=package, out=table))
+    _refuse_unavailable(labeling.run(LabelConfig(source=data["unlabeled"], model=package, out=table)))
     typer.echo(labeling.format_table_summary(labeling.summarize_table(table)))
     typer.echo(f"test accuracy {accuracy:.3f} (best val acc {summary.best['val_acc']:.3f} at epoch {summary.best_epoch})")
     typer.echo(f"model package: {package}\nreport:        {os.path.join(report_dir, 'report.json')}\nlabel table:   {table}")

@@ -87,9 +87,10 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    source: str  # folder or s3:// prefix of images, scanned recursively (or one image file)
+    source: str | None  # folder or s3:// prefix of images, listed recursively (or one image file); None: `manifest`
     model: str  # model package, local or s3://
     out: str  # the label table: a folder or s3:// prefix of Parquet files
+    manifest: str | None = None  # instead of `source`: a Parquet/CSV file with a path column, or an S3 Inventory manifest.json
     batch_size: int | None = None  # images per forward pass; None: 256 on GPU, 32 on CPU
     actors: int | None = None  # model replicas; None: one per core (at most 8 per CPU node), or per GPU 2 (decode="cpu") or 4 (decode="device")
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them

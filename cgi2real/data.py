@@ -11,6 +11,7 @@ backgrounds and cut-and-paste mixing. Images without a mask are used as they are
 
 import functools
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -18,16 +19,21 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow.fs as pafs
 
-from cgi2real.classes import IMAGE_EXTENSIONS, class_for_folder, composite_pairs, is_image_name
+from cgi2real.classes import IMAGE_EXTENSIONS, MASKS_FOLDER, class_for_folder, composite_pairs, is_image_name
 from cgi2real.device_preset import device_orientation
 from cgi2real.errors import InputError
 from cgi2real.presets import ImageError, image_errors, paste_figures
-from cgi2real.storage import Location, first_line, locate, read_whole
+from cgi2real.storage import FileTooLarge, Location, first_line, is_transient, locate, read_whole
 
 # Files larger than this are reported, not read: no image we can use is that big.
 MAX_FILE_BYTES = 256 * 2**20
+# Reads failing for a transient reason (throttling, 5xx, resets, timeouts) are tried this many
+# times, after RETRY_SECONDS, then twice as long each time (with jitter); the S3 client has already
+# made up to 3 tries of each request. What still fails is "unavailable": not a property of the file.
+READ_ATTEMPTS = 4
+RETRY_SECONDS = 0.5
+UNAVAILABLE = "unavailable"  # the reason of a read that failed transiently through every retry
 
-MASKS_FOLDER = "_masks"  # figure masks of a labeled dataset, beside its class folders
 PASTE_BATCH = 32  # rows per training map batch: cut-and-paste takes its donors from the same batch
 
 
@@ -225,13 +231,30 @@ def preprocess(preset, data: bytes) -> tuple[np.ndarray | None, str | None]:
 
 
 def read_file(fs, path: str, size: int | None = None) -> tuple[bytes | None, str | None]:
-    """The bytes of one file, or (None, a short reason it cannot be read)."""
+    """The bytes of one file, or (None, a short reason it cannot be read).
+
+    Transient failures are retried (READ_ATTEMPTS); a reason starting with UNAVAILABLE says they
+    did not clear, and `is_unavailable` tells it from the final ones (file not found, too large, ...).
+    """
     if size is not None and size > MAX_FILE_BYTES:
         return None, f"too large: {size} bytes > {MAX_FILE_BYTES}"
-    try:
-        return read_whole(fs, path), None
-    except Exception as e:  # one file's failure, whatever it is, is that file's error row
-        return None, _read_error(e)
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read_whole(fs, path, MAX_FILE_BYTES), None
+        except FileTooLarge as e:
+            return None, f"too large: {e.size} bytes > {MAX_FILE_BYTES}"
+        except Exception as e:  # one file's failure, whatever it is, is that file's alone
+            if not is_transient(e):
+                return None, _read_error(e)
+            if attempt + 1 == READ_ATTEMPTS:
+                return None, f"{UNAVAILABLE}: {first_line(e)}"
+            time.sleep(RETRY_SECONDS * 2**attempt * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def is_unavailable(error: str | None) -> bool:
+    """Whether an error reason is a transient read failure (no row: a rerun tries the file again)."""
+    return bool(error) and error.startswith(UNAVAILABLE + ":")
 
 
 def _read_error(error: Exception) -> str:
@@ -250,15 +273,17 @@ def _reader_pool() -> ThreadPoolExecutor:
 
 
 def load_image_batch(batch: dict[str, np.ndarray], preset, filesystems, map_fn=map) -> dict[str, np.ndarray]:
-    """Batch {path, label[, root]} -> {image uint8 (B, 3, S, S), label, ok}; a Ray Data map function.
+    """Batch {path, label[, root]} -> {image uint8 (B, 3, S, S), label, ok, unavailable}; a Ray Data map function.
 
     `root` indexes `filesystems` (default: the first). An image that cannot be read or decoded
     gets `ok = False` and zero pixels rather than failing the block; the training loop drops such
-    rows and counts them. `map_fn` may be a thread pool's map (PIL releases the GIL while decoding).
+    rows and counts them. `unavailable` marks those whose read failed transiently through every
+    retry (evaluation refuses to report without them). `map_fn` may be a thread pool's map (PIL releases the GIL while decoding).
     """
     files = _files(batch, filesystems)
     images, errors = _read_images(batch["path"], None, preset, files, map_fn)
-    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64), "ok": errors == ""}
+    unavailable = np.array([is_unavailable(e) for e in errors], dtype=bool)
+    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64), "ok": errors == "", "unavailable": unavailable}
 
 
 def draw_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cgi2real.config import EvalConfig
 from cgi2real.data import LabeledImages, load_image_batch, scan_labeled_dataset
-from cgi2real.errors import InputError
+from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import load_model_package
 from cgi2real.presets import GEOMETRIES, EvalPreset
 from cgi2real.storage import first_line, locate
@@ -32,6 +32,11 @@ def labeled_batches(images: LabeledImages, preset, batch_size: int):
         for start in range(0, len(images), batch_size):
             rows = {"path": images.paths[start:start + batch_size], "label": images.labels[start:start + batch_size]}
             batch = load_image_batch(rows, preset, [images.root.fs], pool.map)
+            if batch["unavailable"].any():
+                raise RunFailed(
+                    f"{int(batch['unavailable'].sum())} images of {images.root.uri} could not be read through every retry "
+                    f"(throttling, 5xx, resets or timeouts): an accuracy without them would be off; rerun the same command"
+                )
             yield {key: torch.from_numpy(value) for key, value in batch.items()}
 
 

@@ -1,10 +1,13 @@
 """Batch labeling: stream image files through a model package into a Parquet label table.
 
-The pipeline is Ray Data: the driver lists the files; CPU tasks read, decode and apply the eval
-preset (`data.decode_for_labeling`); an actor pool of `Labeler`s (one per GPU, or per CPU node)
-turns uint8 batches into probabilities. The driver writes the table itself: the rows are tiny next
-to the images, and one writer can keep exactly one row per path, commit each Parquet file whole,
-and report progress.
+The pipeline is Ray Data: listing tasks (or a manifest) give the files not labeled yet
+(`sources`); CPU tasks read, decode and apply the eval preset (`data.decode_for_labeling`); a pool
+of `Labeler` actors turns uint8 batches into probabilities. The driver writes the table itself:
+the rows are tiny next to the images, and one writer can keep exactly one row per path, commit
+each Parquet file whole, and report progress.
+
+A file that fails to read for a transient reason (throttling, 5xx, a reset, a timeout) through
+every retry gets no row: the run says how many and exits non-zero, and a rerun tries exactly those.
 
 A label table is a folder of `part-*.parquet` files (see `table_schema`). Rerunning into the same
 folder labels only paths that are not in it yet. One run at a time writes a table: it holds the
@@ -33,13 +36,14 @@ import torch
 
 import cgi2real
 from cgi2real.config import LabelConfig
-from cgi2real.data import ImageFiles, LabeledImages, decode_for_labeling, preprocess, read_for_device, scan_image_files
+from cgi2real.data import LabeledImages, decode_for_labeling, is_unavailable, preprocess, read_for_device
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.evaluate import check_abstain_below
 from cgi2real.model import ModelPackage, package_from_bytes, read_model_package
 from cgi2real.device_preset import DevicePreset
 from cgi2real.presets import EvalPreset, normalize
 from cgi2real.runtime import autocast, check_local_paths, node_cpus, start_ray
+from cgi2real.sources import Source, drop_labeled, file_blocks, labeled_paths, open_source
 from cgi2real.storage import Location, first_line, locate
 
 METADATA_KEY = b"cgi2real"  # Parquet key-value metadata: JSON with classes, model id, version
@@ -427,27 +431,34 @@ def error_kind(error: str) -> str:
 class TableWriter:
     """Buffers Labeler output; commits a part file once `rows_per_file` rows or `seconds` have gathered.
 
-    Keeps exactly one row per path: a path already in the table, or written by this run (a
-    retried Ray task can deliver a batch twice), is dropped.
+    Keeps exactly one row per path: the pipeline gives each path once, and a path this run
+    already wrote (a retried Ray task can deliver a batch twice) is dropped. Rows of files that
+    were unavailable (`data.is_unavailable`) are counted, not written.
     """
 
     def __init__(
-        self, table: LabelTable, root: Location, classes: list[str], model_id: str, done: set[str], rows_per_file: int, seconds: float,
+        self, table: LabelTable, root: Location, classes: list[str], model_id: str, rows_per_file: int, seconds: float,
         abstain_below: float | None = None,
     ):
         self.table, self.root, self.classes, self.model_id, self.abstain_below = table, root, classes, model_id, abstain_below
-        self.seen = done
+        self.seen: set[str] = set()  # this run's paths only, never the table's
         self.rows_per_file, self.seconds = rows_per_file, seconds
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.last_commit = time.monotonic()
         self.rows = 0
         self.errors: Counter[str] = Counter()
+        self.unavailable = 0  # files that failed transiently through every retry: no row
+        self.unavailable_example = ""
 
     def add(self, batch: dict[str, np.ndarray]) -> int:
         """Take one output batch; return how many new rows it brought."""
         uris = [self.root.uri_of(p) for p in batch["path"]]
-        keep = np.array([u not in self.seen for u in uris], dtype=bool)
+        unavailable = np.array([is_unavailable(e) for e in batch["error"]], dtype=bool)
+        if unavailable.any():
+            self.unavailable += int(unavailable.sum())
+            self.unavailable_example = self.unavailable_example or f"{uris[int(np.argmax(unavailable))]}: {batch['error'][unavailable][0]}"
+        keep = np.array([u not in self.seen for u in uris], dtype=bool) & ~unavailable
         uris = [u for u, k in zip(uris, keep) if k]
         if not uris:
             return 0
@@ -473,13 +484,15 @@ class TableWriter:
 
 @dataclass
 class LabelSummary:
-    source: str
+    source: str  # the folder, file or manifest given
     table: str
-    images: int  # image files under the source
-    skipped: int  # other files under the source
-    already: int  # already in the table before this run
-    labeled: int  # rows written by this run (errors included)
+    images: int = 0  # image files listed (or in the manifest)
+    skipped: int = 0  # other files under the source (other rows of a manifest)
+    already: int = 0  # already in the table before this run
+    labeled: int = 0  # rows written by this run (errors included)
     errors: Counter = field(default_factory=Counter)  # by reason
+    unavailable: int = 0  # files that failed transiently through every retry: no row, a rerun retries them
+    unavailable_example: str = ""
     seconds: float = 0.0  # from the pipeline's start (after Ray's) to the last commit
     first_seconds: float = 0.0  # until the first results arrived: actor start-up and one block
     first_rows: int = 0  # rows in that first arrival
@@ -500,14 +513,18 @@ class LabelSummary:
 
 
 def run(cfg: LabelConfig) -> LabelSummary:
-    """Label every image under cfg.source not yet in the table at cfg.out; return what happened."""
+    """Label every image of cfg.source (or cfg.manifest) not yet in the table at cfg.out; return what happened.
+
+    `summary.unavailable` counts the images that could not be read for a transient reason: they
+    have no row, and rerunning the same command labels exactly them.
+    """
     for name in ("batch_size", "actors", "rows_per_file"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     check_abstain_below(cfg.abstain_below)
     if cfg.decode is not None:
         check_decode(cfg.decode)
-    files = scan_image_files(cfg.source, cfg.s3_endpoint)
+    source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
     config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # fail here, not in an actor
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
@@ -515,35 +532,46 @@ def run(cfg: LabelConfig) -> LabelSummary:
     with TableLease(table.folder, table.run_id, cfg.force) as lease:
         table.lease = lease
         table.prepare(cfg.overwrite)
-        return _label(cfg, files, package, weights, table)
+        return _label(cfg, source, package, weights, table)
 
 
-def _label(cfg: LabelConfig, files: ImageFiles, package: ModelPackage, weights: bytes, table: LabelTable) -> LabelSummary:
+def _label(cfg: LabelConfig, source: Source, package: ModelPackage, weights: bytes, table: LabelTable) -> LabelSummary:
     """The run itself, holding the table's lease: what is left to label, through Ray, into the table."""
     parts = table.part_files()
     check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)
-    done = set(table.read(parts, ["path"]).column("path").to_pylist()) if parts else set()
-    todo = [i for i, path in enumerate(files.paths) if files.root.uri_of(path) not in done]
-    already = len(files) - len(todo)
-    summary = LabelSummary(files.root.uri, table.folder.uri, len(files), files.skipped, already, 0)
-    print(f"{len(files)} images under {files.root.uri}" + (f" ({files.skipped} other files skipped)" if files.skipped else ""))
-    if already:
-        print(f"{already} already in {table.folder.uri}; " + (f"labeling the other {len(todo)}" if todo else "nothing left to label"))
-    if not todo:
+    done = labeled_paths(table.folder.fs, parts)  # sorted Arrow strings: ~70 MB per million paths
+    summary = LabelSummary(source.uri, table.folder.uri, skipped=source.skipped)
+    listed = source.take_rows()
+    todo = drop_labeled(listed, source.root.scheme, done)  # the set difference, in Arrow
+    summary.images, summary.already = listed.num_rows, listed.num_rows - todo.num_rows
+    del listed, done
+    print(
+        f"{summary.images} images in {source.kind} {source.uri}"
+        + (f" ({source.skipped} other {'rows' if source.kind == 'manifest' else 'files'} skipped)" if source.skipped else "")
+        + (f" ({source.duplicates} duplicate rows counted once)" if source.duplicates else "")
+    )
+    if summary.already:
+        print(f"{summary.already} already in {table.folder.uri}; " + (f"labeling the other {todo.num_rows}" if todo.num_rows else "nothing left to label"))
+    if not todo.num_rows:
         return summary
 
     import ray
 
     start_ray(min_cpus=2)  # one CPU for the model, one for decoding
-    check_local_paths({f"SOURCE {files.root.uri}": files.paths[todo[0]]} if files.root.scheme == "file" else {}, {"--out": table.folder})
+    check_local_paths({f"SOURCE {source.uri}": todo.column("path")[0].as_py()} if source.root.scheme == "file" else {}, {"--out": table.folder})
     plan = _plan(cfg)
     print(
         f"model {package.model_id} on {plan.actors} {'GPU' if plan.use_gpu else 'CPU'} actor(s), batch {plan.batch_size}, "
         f"{package.image_size} px, {package.geometry}, decoding on the {'model device' if plan.decode == 'device' else 'CPU'}",
         flush=True,
     )
-    ds = labeling_dataset(files, todo, package.eval_preset(), package.config, ray.put(weights), plan)
-    writer = TableWriter(table, files.root, package.classes, package.model_id, done, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # run() prints progress lines
+    rows = ray.data.from_arrow(file_blocks(todo))
+    expected = todo.num_rows
+    del todo
+    ds = labeling_dataset(rows, source.root.fs, package.eval_preset(), package.config, ray.put(weights), plan)
+    writer = TableWriter(table, source.root, package.classes, package.model_id, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
     start = last_report = time.monotonic()
     try:
         with _sigterm_as_interrupt():
@@ -554,7 +582,8 @@ def _label(cfg: LabelConfig, files: ImageFiles, package: ModelPackage, weights: 
                 if time.monotonic() - last_report >= PROGRESS_SECONDS:
                     last_report = time.monotonic()
                     rate = writer.rows / (last_report - start)
-                    print(f"  {writer.rows}/{len(todo)} labeled ({rate:.1f} img/s), {sum(writer.errors.values())} errors", flush=True)
+                    unavailable = f", {writer.unavailable} unavailable" if writer.unavailable else ""
+                    print(f"  {writer.rows}/{expected} labeled ({rate:.1f} img/s), {sum(writer.errors.values())} errors{unavailable}", flush=True)
     except KeyboardInterrupt:
         writer.flush()  # keep what is done: a rerun resumes after it
         print(f"interrupted: {writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume", flush=True)
@@ -566,9 +595,10 @@ def _label(cfg: LabelConfig, files: ImageFiles, package: ModelPackage, weights: 
         raise RunFailed(f"labeling failed: {first_line(e)} ({writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume)") from e
     writer.flush()
     summary.labeled, summary.errors = writer.rows, writer.errors
+    summary.unavailable, summary.unavailable_example = writer.unavailable, writer.unavailable_example
     summary.seconds, summary.files_written = time.monotonic() - start, table.written
-    if summary.labeled != len(todo):  # an invariant of Ray Data: every input row comes out once
-        raise RunFailed(f"labeling lost {len(todo) - summary.labeled} of {len(todo)} images; rerun the same command to label them")
+    if summary.labeled + summary.unavailable != expected:  # an invariant of Ray Data: every input row comes out once
+        raise RunFailed(f"labeling lost {expected - summary.labeled - summary.unavailable} of {expected} images; rerun the same command to label them")
     return summary
 
 
@@ -624,8 +654,8 @@ def _plan(cfg: LabelConfig) -> Plan:
     return Plan(False, actors, 0.0, 1, math.ceil(actors / len(cores)), decode, batch_size)
 
 
-def labeling_dataset(files: ImageFiles, todo: list[int], preset: EvalPreset, config: dict, weights_ref, plan: Plan):
-    """The Ray Dataset: file rows -> reading tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}.
+def labeling_dataset(rows, fs: pafs.FileSystem, preset: EvalPreset, config: dict, weights_ref, plan: Plan):
+    """The Ray Dataset: file rows {path, size} -> reading tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}.
 
     The reading tasks decode and preprocess (`decode_for_labeling`), or with `decode="device"`
     pass JPEG bytes on (`read_for_device`): at 299 px, 0.1-0.5 of the bytes through the object
@@ -633,16 +663,9 @@ def labeling_dataset(files: ImageFiles, todo: list[int], preset: EvalPreset, con
     """
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # run() prints progress lines
-    # Blocks of a few hundred files: enough tasks to keep every CPU busy, little lost on a retry.
-    block_rows = min(128, max(8, math.ceil(len(todo) / (4 * int(ray.cluster_resources().get("CPU", 1))))))
-    paths, sizes = [files.paths[i] for i in todo], [files.sizes[i] for i in todo]
-    blocks = [pa.table({"path": paths[i:i + block_rows], "size": sizes[i:i + block_rows]}) for i in range(0, len(paths), block_rows)]
     read = read_for_device if plan.decode == "device" else decode_for_labeling
     return (
-        ray.data.from_arrow(blocks)
-        .map_batches(read, fn_kwargs={"preset": preset, "fs": files.root.fs}, batch_size=None, batch_format="numpy")
+        rows.map_batches(read, fn_kwargs={"preset": preset, "fs": fs}, batch_size=None, batch_format="numpy")
         .map_batches(
             Labeler,
             fn_constructor_kwargs={
@@ -678,13 +701,17 @@ def format_summary(s: LabelSummary) -> str:
     errors = sum(s.errors.values())
     reasons = ", ".join(f"{reason} {n}" for reason, n in s.errors.most_common())
     lines = [
-        f"images    {s.images} under {s.source}" + (f" ({s.skipped} other files skipped)" if s.skipped else ""),
+        f"images    {s.images} in {s.source}" + (f" ({s.skipped} other files skipped)" if s.skipped else ""),
         f"labeled   {s.labeled - errors} now" + (f", {s.already} before" if s.already else ""),
         f"errors    {errors}" + (f" ({reasons})" if reasons else ""),
     ]
+    if s.unavailable:
+        lines.append(f"unavailable {s.unavailable} (no rows: transient read failures through every retry, e.g. {s.unavailable_example})")
     if s.labeled:
         steady = f", {s.steady_images_per_second:.1f} img/s since" if s.steady_images_per_second else ""
-        lines.append(f"speed     {s.images_per_second:.1f} img/s ({s.labeled} images in {s.seconds:.1f} s; first results after {s.first_seconds:.1f} s{steady})")
+        lines.append(
+            f"speed     {s.images_per_second:.1f} img/s ({s.labeled} images in {s.seconds:.1f} s; first results after {s.first_seconds:.1f} s{steady})"
+        )
     lines.append(f"table     {s.table}" + (f" ({s.files_written} new file(s))" if s.files_written else ""))
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ Nothing here ever prints a credential.
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -20,10 +21,15 @@ def resolve_endpoint(endpoint: str | None) -> str | None:
     return endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+# A request that sends nothing for this long is abandoned and retried (CGI2REAL_S3_TIMEOUT overrides).
+S3_REQUEST_TIMEOUT = 60.0
+
+
 @functools.lru_cache(maxsize=8)
 def s3_filesystem(endpoint: str | None) -> pafs.S3FileSystem:
     """An S3 filesystem for `endpoint` (None: AWS), with short timeouts so a bad endpoint fails fast."""
-    options: dict = dict(connect_timeout=5, request_timeout=60)
+    timeout = float(os.environ.get("CGI2REAL_S3_TIMEOUT") or S3_REQUEST_TIMEOUT)
+    options: dict = dict(connect_timeout=5, request_timeout=timeout)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
@@ -95,14 +101,40 @@ class Location:
             f.write(data)
 
 
-def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
+class FileTooLarge(OSError):
+    """A file over the size a reader accepts (`read_whole(max_bytes=...)`)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size} bytes > {limit}")
+        self.size, self.limit = size, limit
+
+
+def read_whole(fs: pafs.FileSystem, path: str, max_bytes: int | None = None) -> bytes:
     """A file's bytes in one request after its size: on S3 a HEAD and one GET.
 
     Not `open_input_stream(path).read()`: on S3 that fetches the object in 256 KB ranged GETs
     (21 requests for a 5 MB photo, and 38 s for a 95 MB model package from a local S3 server).
+    A file over `max_bytes` raises FileTooLarge before its body is fetched.
     """
     with fs.open_input_file(path) as f:
+        if max_bytes is not None and f.size() > max_bytes:
+            raise FileTooLarge(f.size(), max_bytes)
         return f.read()
+
+
+# Failures that may pass if the request is made again: S3 throttling and 5xx answers, dropped
+# connections, timeouts (as the AWS SDK under pyarrow words them, and as Python raises them).
+_TRANSIENT = re.compile(
+    r"HTTP status 5\d\d|SLOW_?DOWN|SlowDown|THROTTL|Throttl|NETWORK_CONNECTION|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|"
+    r"REQUEST_TIME_?OUT|RequestTimeout|curlCode|[Tt]imed? ?out|[Cc]onnection (reset|refused|aborted)|Broken pipe"
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a read failed for a reason that may clear on retry, rather than for good."""
+    if isinstance(error, (FileNotFoundError, PermissionError, FileTooLarge)):
+        return False
+    return isinstance(error, (TimeoutError, ConnectionError)) or bool(_TRANSIENT.search(str(error)))
 
 
 def check_bucket(location: Location, option: str) -> None:

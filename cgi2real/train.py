@@ -336,7 +336,7 @@ def epoch_metrics(epoch, epochs, stage, lr, trainable, train: EpochStats, val: E
 
 
 def format_epoch(m: dict) -> str:
-    bad = f" | {m['bad_images']} undecodable images skipped" if m["bad_images"] else ""
+    bad = f" | {m['bad_images']} unreadable or undecodable images skipped" if m["bad_images"] else ""
     return (
         f"epoch {m['epoch']}/{m['epochs']} [{m['stage']:8}] train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}"
         f" | val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} (balanced {m['val_balanced_acc']:.3f})"

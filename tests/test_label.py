@@ -100,14 +100,17 @@ def test_table_writer_commits_whole_files_and_never_duplicates_a_path(tmp_path, 
     output = Labeler(config, weights)(batch_of(paths))
     table = LabelTable(locate(str(tmp_path / "t")))
     table.prepare(overwrite=False)
-    writer = TableWriter(table, locate("/"), CLASSES, "m1", set(paths[:2]), rows_per_file=4, seconds=3600)
-    assert writer.add(output) == 8  # the two already in the table are dropped
+    writer = TableWriter(table, locate("/"), CLASSES, "m1", rows_per_file=4, seconds=3600)
+    output["error"][:2] = ["unavailable: AWS Error SLOW_DOWN during GetObject operation", "unavailable: curlCode: 28, Timeout was reached"]
+    assert writer.add(output) == 8  # the two that stayed unreadable through the retries get no row
+    assert writer.unavailable == 2 and "SLOW_DOWN" in writer.unavailable_example
     assert writer.add(output) == 0  # a batch delivered twice (a retried task) adds nothing
     writer.flush()
     files = sorted(os.listdir(tmp_path / "t"))
     assert len(files) == 1 and files[0].startswith("part-")  # the batch reached 4 rows: committed, no temp file left
     written = pq.read_table(tmp_path / "t")
     assert sorted(written["path"].to_pylist()) == sorted(paths[2:])
+    assert written["error"].null_count == 8
 
 
 def test_table_refuses_foreign_files_and_clears_leftovers(tmp_path):

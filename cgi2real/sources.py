@@ -1,0 +1,260 @@
+"""What a label run labels: the images under a folder or s3:// prefix, or those a manifest lists.
+
+A folder is listed on the driver (`data.scan_image_files`). A manifest (a Parquet or CSV file with
+a `path` column, or an S3 Inventory report) is read in batches as Arrow columns. Either way the
+images already in the label table are dropped with Arrow (`is_in` against the table's sorted
+paths, in batches), never with a Python set of millions of strings.
+"""
+
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cgi2real.classes import IMAGE_EXTENSIONS, MASKS_FOLDER
+from cgi2real.errors import InputError
+from cgi2real.storage import Location, first_line, locate
+
+FILE_ROWS = pa.schema([pa.field("path", pa.string()), pa.field("size", pa.int64())])  # size -1: not known yet
+IMAGE_PATH = r"\.(" + "|".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + r")$"
+BLOCK_ROWS = 64  # file rows per block into the reading tasks: enough blocks to keep every core busy
+FIRST_BLOCKS, FIRST_BLOCK_ROWS = 32, 8  # smaller blocks first: the first results come sooner, and small runs spread
+DIFF_ROWS = 1 << 18  # manifest rows checked against the table at a time (bounds the driver's memory)
+
+
+def image_mask(paths: pa.Array) -> pa.Array:
+    """Which paths name an image file to label (by extension, any case; figure masks are not)."""
+    extension = pc.match_substring_regex(paths, IMAGE_PATH, ignore_case=True)
+    return pc.and_(extension, pc.invert(pc.match_substring(paths, f"/{MASKS_FOLDER}/")))
+
+
+def uris_of(paths: pa.Array, scheme: str) -> pa.Array:
+    """Filesystem paths (`bucket/key` on S3) as the URIs a label table stores."""
+    return pc.binary_join_element_wise("s3://", paths, "") if scheme == "s3" else paths
+
+
+def file_blocks(rows: pa.Table, small: int = FIRST_BLOCKS) -> list[pa.Table]:
+    """File rows cut into blocks for the reading tasks: `small` ones of FIRST_BLOCK_ROWS, then BLOCK_ROWS each."""
+    blocks, start = [], 0
+    while start < rows.num_rows:
+        size = FIRST_BLOCK_ROWS if len(blocks) < small else BLOCK_ROWS
+        blocks.append(rows.slice(start, size))
+        start += size
+    return blocks
+
+
+# --- Paths already labeled ---------------------------------------------------------------------
+
+
+def labeled_paths(fs: pafs.FileSystem, parts: list[str]) -> pa.Array:
+    """The sorted `path` column of a label table's part files (URIs), as one Arrow array."""
+    if not parts:
+        return pa.array([], pa.string())
+    paths = pa.chunked_array(
+        [pq.read_table(part, columns=["path"], filesystem=fs, use_threads=False).column("path").combine_chunks() for part in parts], pa.string()
+    )
+    done = pc.take(paths, pc.sort_indices(paths)).combine_chunks()
+    del paths
+    pa.default_memory_pool().release_unused()
+    return done
+
+
+def drop_labeled(rows: pa.Table, scheme: str, done: pa.Array) -> pa.Table:
+    """The file rows whose URI is not in `done` (the table's paths), checked DIFF_ROWS at a time."""
+    if not len(done):
+        return rows
+    kept = []
+    for start in range(0, rows.num_rows, DIFF_ROWS):
+        chunk = rows.slice(start, DIFF_ROWS)
+        labeled = pc.is_in(uris_of(chunk.column("path"), scheme), value_set=done)
+        kept.append(chunk.filter(pc.invert(labeled)))
+    return pa.concat_tables(kept) if kept else rows.slice(0, 0)
+
+
+# --- What to label ------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """The images of a run: a folder to list, or file rows known up front (a manifest, one file).
+
+    Not frozen: the run takes `rows` out once it has kept the new ones (`take_rows`).
+    """
+
+    uri: str  # what the user gave: a folder, a file or a manifest
+    kind: str  # "folder", "file" or "manifest"
+    root: Location  # the folder to list, or the filesystem of `rows`
+    rows: pa.Table | None = None  # {path, size}, de-duplicated; None: list `root`
+    skipped: int = 0  # rows of a manifest that are not image files
+    duplicates: int = 0  # rows of a manifest naming an image listed before
+
+    def take_rows(self) -> pa.Table | None:
+        """The file rows, handed over: the Source keeps no reference (a manifest's can be large)."""
+        rows, self.rows = self.rows, None
+        return rows
+
+
+def open_source(source: str | None, manifest: str | None, s3_endpoint: str | None = None) -> Source:
+    """The Source of a run from SOURCE or --manifest (exactly one); refuse what cannot be labeled."""
+    if (source is None) == (manifest is None):
+        raise InputError("give either SOURCE (a folder, s3:// prefix or image file) or --manifest, not both" if source else "give SOURCE (a folder, s3:// prefix or image file) or --manifest")
+    if manifest is not None:
+        return read_manifest(manifest, s3_endpoint)
+    root = locate(source, s3_endpoint)
+    info = root.info()
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"source {root.uri} does not exist")
+    if info.type == pafs.FileType.Directory:
+        from cgi2real.data import scan_image_files  # (imports torch: the manifest path does not need it)
+
+        files = scan_image_files(root.uri, s3_endpoint)
+        rows = pa.table({"path": list(files.paths), "size": list(files.sizes)}, schema=FILE_ROWS)
+        return Source(root.uri, "folder", root, rows, files.skipped)
+    rows = pa.table({"path": [root.path], "size": [info.size]}, schema=FILE_ROWS)
+    if not pc.all(image_mask(rows.column("path"))).as_py():
+        raise InputError(f"source {root.uri} is not an image file; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return Source(root.uri, "file", root, rows)
+
+
+# --- Manifests ---------------------------------------------------------------------------------
+
+
+def read_manifest(uri: str, s3_endpoint: str | None = None) -> Source:
+    """Read a manifest: a Parquet or CSV file with a `path` column (absolute paths or s3:// URIs),
+    or an S3 Inventory report (`manifest.json`, or one of its Parquet data files).
+
+    The file is read in batches, each filtered to image paths before the next, so the driver holds
+    the images' paths and little else.
+    """
+    location = locate(uri, s3_endpoint)
+    info = location.info()
+    if info.type != pafs.FileType.File:
+        raise InputError(f"--manifest {location.uri} " + ("does not exist" if info.type == pafs.FileType.NotFound else "is not a file"))
+    paths, sizes, schemes, skipped = [], [], set(), 0
+    try:
+        for batch_paths, batch_sizes, scheme, dropped in _manifest_batches(location, s3_endpoint):
+            images = image_mask(batch_paths)
+            paths.append(batch_paths.filter(images))
+            sizes.append(pc.fill_null(batch_sizes.filter(images), -1))
+            skipped += dropped + len(batch_paths) - len(paths[-1])
+            schemes.update([scheme] if len(batch_paths) else [])
+    except InputError:
+        raise
+    except (OSError, pa.ArrowInvalid, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"cannot read --manifest {location.uri}: {first_line(e)}") from None
+    if len(schemes) > 1:
+        raise InputError(f"--manifest {location.uri} mixes s3:// URIs and local paths; give one kind per manifest")
+    rows = pa.table({"path": pa.chunked_array(paths, pa.string()), "size": pa.chunked_array(sizes, pa.int64())})
+    del paths, sizes
+    listed, distinct = rows.num_rows, len(pc.unique(rows.column("path")))  # a hash of the paths: half group_by's memory
+    if distinct < listed:
+        grouped = rows.group_by("path").aggregate([("size", "max")])
+        rows = pa.table({"path": grouped.column("path"), "size": grouped.column("size_max")})
+    unique, duplicates = rows.cast(FILE_ROWS), listed - distinct
+    pa.default_memory_pool().release_unused()  # the batches' buffers: the driver keeps only the paths
+    if not unique.num_rows:
+        raise InputError(f"--manifest {location.uri} lists no image files ({skipped} other rows); images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    first = unique.column("path")[0].as_py()
+    root = locate("s3://" + first.split("/", 1)[0] if schemes == {"s3"} else "/", s3_endpoint)
+    return Source(location.uri, "manifest", root, unique, skipped, duplicates)
+
+
+def _manifest_batches(location: Location, s3_endpoint: str | None):
+    """Yield (filesystem paths, sizes, scheme, rows dropped) per batch of a manifest file."""
+    name = location.name.lower()
+    if name.endswith(".json"):
+        yield from _inventory(location, s3_endpoint)
+    elif name.endswith(".parquet"):
+        for batch in _parquet_batches(location):
+            yield _path_rows(batch, location.uri)
+    elif name.endswith((".csv", ".csv.gz")):
+        for batch in _csv_batches(location):
+            yield _path_rows(batch, location.uri)
+    else:
+        raise InputError(
+            f"--manifest {location.uri}: expected a .parquet or .csv(.gz) file with a path column, or an S3 Inventory manifest.json"
+        )
+
+
+def _parquet_batches(location: Location):
+    with location.fs.open_input_file(location.path) as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=DIFF_ROWS)
+
+
+def _csv_batches(location: Location, names: list[str] | None = None):
+    """A CSV file's record batches (gunzipped if it ends in .gz), as strings; with `names`, it has no header row."""
+    import pyarrow.csv as pacsv
+
+    stream = location.fs.open_input_stream(location.path)  # gunzips a .gz file (compression="detect")
+    read = pacsv.ReadOptions(column_names=names, block_size=1 << 20) if names else pacsv.ReadOptions(block_size=1 << 20)
+    columns = {name: pa.string() for name in names or []}
+    convert = pacsv.ConvertOptions(strings_can_be_null=False, column_types=columns)
+    with stream, pacsv.open_csv(stream, read_options=read, convert_options=convert) as reader:
+        yield from reader
+
+
+def _path_rows(batch: pa.RecordBatch, where: str) -> tuple[pa.Array, pa.Array, str, int]:
+    """A batch with a `path` column (and optionally `size`) -> (filesystem paths, sizes, scheme, rows dropped)."""
+    columns = {c.lower(): c for c in batch.schema.names}
+    if "path" not in columns:
+        if {"bucket", "key"} <= set(columns):  # an S3 Inventory Parquet data file
+            return _inventory_rows(batch, columns, url_encoded=False)
+        raise InputError(f"--manifest {where} has no path column (columns: {', '.join(batch.schema.names[:8])})")
+    paths = batch.column(columns["path"]).cast(pa.string())
+    present = pc.fill_null(pc.not_equal(paths, ""), False)
+    blank = len(paths) - (pc.sum(present).as_py() or 0)
+    if blank:
+        batch, paths = batch.filter(present), paths.filter(present)
+    n_s3 = pc.sum(pc.starts_with(paths, "s3://")).as_py() or 0
+    if 0 < n_s3 < len(paths):
+        raise InputError(f"--manifest {where} mixes s3:// URIs and local paths; give one kind per manifest")
+    if n_s3:
+        paths = pc.utf8_slice_codeunits(paths, 5)
+    elif len(paths) and not pc.all(pc.starts_with(paths, "/")).as_py():
+        example = paths.filter(pc.invert(pc.starts_with(paths, "/")))[0].as_py()
+        raise InputError(f"--manifest {where} has a relative path ({example!r}): give absolute paths or s3:// URIs")
+    sizes = batch.column(columns["size"]).cast(pa.int64()) if "size" in columns else pa.nulls(len(paths), pa.int64())
+    return paths, sizes, "s3" if n_s3 else "file", blank
+
+
+INVENTORY_CSV = "CSV"
+
+
+def _inventory(location: Location, s3_endpoint: str | None):
+    """An S3 Inventory report's manifest.json -> its data files' batches (paths, sizes, "s3", rows dropped)."""
+    manifest = json.loads(location.read_bytes())
+    if not isinstance(manifest, dict) or "files" not in manifest or "fileFormat" not in manifest:
+        raise InputError(f"--manifest {location.uri} is not an S3 Inventory manifest.json (no files / fileFormat)")
+    fmt = manifest["fileFormat"]
+    destination = str(manifest.get("destinationBucket", "")).rsplit(":", 1)[-1] or location.path.split("/", 1)[0]
+    if fmt not in (INVENTORY_CSV, "Parquet"):
+        raise InputError(f"--manifest {location.uri}: inventory format {fmt} is not supported (CSV or Parquet)")
+    for entry in manifest["files"]:
+        data = locate(f"s3://{destination}/{entry['key']}", s3_endpoint)
+        if fmt == INVENTORY_CSV:
+            batches = _csv_batches(data, [n.strip() for n in manifest["fileSchema"].split(",")])
+        else:
+            batches = _parquet_batches(data)
+        for batch in batches:
+            yield _inventory_rows(batch, {c.lower(): c for c in batch.schema.names}, url_encoded=fmt == INVENTORY_CSV)
+
+
+def _inventory_rows(batch: pa.RecordBatch, columns: dict, url_encoded: bool) -> tuple[pa.Array, pa.Array, str, int]:
+    """Inventory rows -> (bucket/key paths, sizes, "s3", rows dropped): current versions only, no delete markers."""
+    keep = pa.array([True] * batch.num_rows)
+    for column, wanted in (("isdeletemarker", False), ("is_delete_marker", False), ("islatest", True), ("is_latest", True)):
+        if column in columns:
+            values = batch.column(columns[column])
+            values = values if values.type == pa.bool_() else pc.equal(pc.utf8_lower(values.cast(pa.string())), "true")
+            keep = pc.and_(keep, pc.equal(values, wanted))
+    rows = batch.filter(keep)
+    keys = rows.column(columns["key"]).cast(pa.string())
+    if url_encoded:  # inventory CSVs URL-encode keys (a space is "+")
+        keys = pa.array([unquote_plus(k) for k in keys.to_pylist()], pa.string())
+    paths = pc.binary_join_element_wise(rows.column(columns["bucket"]).cast(pa.string()), keys, "/")
+    sizes = rows.column(columns["size"]).cast(pa.int64()) if "size" in columns else pa.nulls(rows.num_rows, pa.int64())
+    return paths, sizes, "s3", batch.num_rows - rows.num_rows
