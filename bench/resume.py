@@ -44,6 +44,7 @@ else:
 sys.exit(code)
 """
 IMPORTS = f"import cgi2real.cli, cgi2real.label, ray, ray.data\n{PEAK}"
+# Only pyarrow and cgi2real.sources: the part files are globbed, as LabelTable would import torch.
 DIFFERENCE = f"""
 import glob, sys
 from cgi2real.sources import drop_labeled, labeled_paths, read_manifest

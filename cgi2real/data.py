@@ -10,6 +10,7 @@ backgrounds and cut-and-paste mixing. Images without a mask are used as they are
 """
 
 import functools
+import itertools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -238,7 +239,7 @@ def read_file(fs, path: str, size: int | None = None) -> tuple[bytes | None, str
     """
     if size is not None and size > MAX_FILE_BYTES:
         return None, f"too large: {size} bytes > {MAX_FILE_BYTES}"
-    for attempt in range(READ_ATTEMPTS):
+    for attempt in itertools.count():
         try:
             return read_whole(fs, path, MAX_FILE_BYTES), None
         except FileTooLarge as e:
@@ -249,7 +250,6 @@ def read_file(fs, path: str, size: int | None = None) -> tuple[bytes | None, str
             if attempt + 1 == READ_ATTEMPTS:
                 return None, f"{UNAVAILABLE}: {first_line(e)}"
             time.sleep(RETRY_SECONDS * 2**attempt * random.uniform(0.5, 1.5))
-    raise AssertionError("unreachable")
 
 
 def is_unavailable(error: str | None) -> bool:

@@ -37,11 +37,11 @@ def uris_of(paths: pa.Array, scheme: str) -> pa.Array:
     return pc.binary_join_element_wise("s3://", paths, "") if scheme == "s3" else paths
 
 
-def file_blocks(rows: pa.Table, small: int = FIRST_BLOCKS) -> list[pa.Table]:
-    """File rows cut into blocks for the reading tasks: `small` ones of FIRST_BLOCK_ROWS, then BLOCK_ROWS each."""
+def file_blocks(rows: pa.Table) -> list[pa.Table]:
+    """File rows cut into blocks for the reading tasks: FIRST_BLOCKS of FIRST_BLOCK_ROWS, then BLOCK_ROWS each."""
     blocks, start = [], 0
     while start < rows.num_rows:
-        size = FIRST_BLOCK_ROWS if len(blocks) < small else BLOCK_ROWS
+        size = FIRST_BLOCK_ROWS if len(blocks) < FIRST_BLOCKS else BLOCK_ROWS
         blocks.append(rows.slice(start, size))
         start += size
     return blocks
@@ -80,16 +80,16 @@ def drop_labeled(rows: pa.Table, scheme: str, done: pa.Array) -> pa.Table:
 
 @dataclass
 class Source:
-    """The images of a run: a folder to list, or file rows known up front (a manifest, one file).
+    """The images of a run, listed from a folder (or one file) or read from a manifest.
 
     Not frozen: the run takes `rows` out once it has kept the new ones (`take_rows`).
     """
 
     uri: str  # what the user gave: a folder, a file or a manifest
     kind: str  # "folder", "file" or "manifest"
-    root: Location  # the folder to list, or the filesystem of `rows`
-    rows: pa.Table | None = None  # {path, size}, de-duplicated; None: list `root`
-    skipped: int = 0  # rows of a manifest that are not image files
+    root: Location  # the filesystem of `rows` (for a folder or file: that folder or file)
+    rows: pa.Table | None  # {path, size}, de-duplicated; None once taken
+    skipped: int = 0  # files (or manifest rows) that are not images
     duplicates: int = 0  # rows of a manifest naming an image listed before
 
     def take_rows(self) -> pa.Table | None:
@@ -101,23 +101,15 @@ class Source:
 def open_source(source: str | None, manifest: str | None, s3_endpoint: str | None = None) -> Source:
     """The Source of a run from SOURCE or --manifest (exactly one); refuse what cannot be labeled."""
     if (source is None) == (manifest is None):
-        raise InputError("give either SOURCE (a folder, s3:// prefix or image file) or --manifest, not both" if source else "give SOURCE (a folder, s3:// prefix or image file) or --manifest")
+        raise InputError("give SOURCE (a folder, s3:// prefix or image file) or --manifest" + (", not both" if source else ""))
     if manifest is not None:
         return read_manifest(manifest, s3_endpoint)
-    root = locate(source, s3_endpoint)
-    info = root.info()
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"source {root.uri} does not exist")
-    if info.type == pafs.FileType.Directory:
-        from cgi2real.data import scan_image_files  # (imports torch: the manifest path does not need it)
+    from cgi2real.data import scan_image_files  # (imports torch: the manifest path does not need it)
 
-        files = scan_image_files(root.uri, s3_endpoint)
-        rows = pa.table({"path": list(files.paths), "size": list(files.sizes)}, schema=FILE_ROWS)
-        return Source(root.uri, "folder", root, rows, files.skipped)
-    rows = pa.table({"path": [root.path], "size": [info.size]}, schema=FILE_ROWS)
-    if not pc.all(image_mask(rows.column("path"))).as_py():
-        raise InputError(f"source {root.uri} is not an image file; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    return Source(root.uri, "file", root, rows)
+    files = scan_image_files(source, s3_endpoint)
+    rows = pa.table({"path": list(files.paths), "size": list(files.sizes)}, schema=FILE_ROWS)
+    kind = "file" if files.paths == (files.root.path,) else "folder"
+    return Source(files.root.uri, kind, files.root, rows, files.skipped)
 
 
 # --- Manifests ---------------------------------------------------------------------------------

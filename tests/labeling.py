@@ -8,12 +8,21 @@ import zlib
 import numpy as np
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from cgi2real.classes import DEFAULT_CLASSES, is_image_name
+from cgi2real.cli import app
 from cgi2real.data import MASKS_FOLDER
 from cgi2real.device_preset import DevicePreset, device_orientation
 from cgi2real.model import build_model, load_model_package, package_config, save_model_package
 from cgi2real.presets import DEFAULT_GEOMETRY, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
+
+
+def invoke(*args, code=0):
+    """Run the CLI in-process with `args`; assert its exit code; return the result."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
 
 
 def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 0) -> str:

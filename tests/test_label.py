@@ -15,9 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-from typer.testing import CliRunner
 
-from cgi2real.cli import app
 from cgi2real.data import read_image
 from cgi2real.errors import InputError
 from cgi2real.label import Labeler, LabelTable, LeaseLost, TableLease, TableWriter, to_table
@@ -25,15 +23,9 @@ from cgi2real.model import read_model_package
 from cgi2real.presets import EvalPreset
 from cgi2real.storage import Location, locate, s3_filesystem
 from tests.conftest import upload_folder
-from tests.labeling import direct_probabilities, image_files, make_package, write_zoo
+from tests.labeling import direct_probabilities, image_files, invoke, make_package, write_zoo
 
 CLASSES = ["both", "horse", "human"]
-
-
-def invoke(*args, code=0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

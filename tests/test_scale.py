@@ -13,23 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from cgi2real.cli import app
 from cgi2real.data import READ_ATTEMPTS, read_file
 from cgi2real.sources import drop_labeled, labeled_paths, read_manifest
 from cgi2real.storage import is_transient, locate, s3_filesystem
 from tests.conftest import upload_folder
-from tests.labeling import make_package, write_zoo
+from tests.labeling import invoke, make_package, write_zoo
 from tests.s3_faults import FaultProxy
 
 TIMEOUT = "2"  # seconds without a byte before the S3 client abandons a request (a stall)
-
-
-def invoke(*args, code=0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")
