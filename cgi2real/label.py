@@ -545,9 +545,10 @@ def _label(cfg: LabelConfig, source: Source, package: ModelPackage, weights: byt
     todo = drop_labeled(listed, source.root.scheme, done)  # the set difference, in Arrow
     summary.images, summary.already = listed.num_rows, listed.num_rows - todo.num_rows
     del listed, done
+    manifest = source.kind == "manifest"
     print(
-        f"{summary.images} images in {source.kind} {source.uri}"
-        + (f" ({source.skipped} other {'rows' if source.kind == 'manifest' else 'files'} skipped)" if source.skipped else "")
+        f"{summary.images} images " + (f"in manifest {source.uri}" if manifest else f"under {source.uri}")
+        + (f" ({source.skipped} other {'rows' if manifest else 'files'} skipped)" if source.skipped else "")
         + (f" ({source.duplicates} duplicate rows counted once)" if source.duplicates else "")
     )
     if summary.already:

@@ -86,7 +86,7 @@ class Source:
     """
 
     uri: str  # what the user gave: a folder, a file or a manifest
-    kind: str  # "folder", "file" or "manifest"
+    kind: str  # "listing" (a folder or file) or "manifest"
     root: Location  # the filesystem of `rows` (for a folder or file: that folder or file)
     rows: pa.Table | None  # {path, size}, de-duplicated; None once taken
     skipped: int = 0  # files (or manifest rows) that are not images
@@ -108,8 +108,7 @@ def open_source(source: str | None, manifest: str | None, s3_endpoint: str | Non
 
     files = scan_image_files(source, s3_endpoint)
     rows = pa.table({"path": list(files.paths), "size": list(files.sizes)}, schema=FILE_ROWS)
-    kind = "file" if files.paths == (files.root.path,) else "folder"
-    return Source(files.root.uri, kind, files.root, rows, files.skipped)
+    return Source(files.root.uri, "listing", files.root, rows, files.skipped)
 
 
 # --- Manifests ---------------------------------------------------------------------------------
