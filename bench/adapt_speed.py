@@ -31,8 +31,10 @@ from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.config import AdaptConfig  # noqa: E402
 from cgi2real.data import decode_for_labeling, scan_image_files  # noqa: E402
 from cgi2real.model import build_model, package_config, save_model_package  # noqa: E402
-from cgi2real.presets import DEFAULT_GEOMETRY, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, normalize  # noqa: E402
-from cgi2real.runtime import autocast, start_ray  # noqa: E402
+from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, normalize  # noqa: E402
+from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.device import autocast# noqa: E402
+from cgi2real.runtime import start_ray# noqa: E402
 
 
 def in_memory_batches(pixels: np.ndarray, batch_size: int, device: torch.device) -> list[dict]:

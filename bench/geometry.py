@@ -23,7 +23,7 @@ from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_conf
 
 from cgi2real import evaluate, train  # noqa: E402
 from cgi2real.config import EvalConfig  # noqa: E402
-from cgi2real.presets import GEOMETRIES  # noqa: E402
+from cgi2real.config import GEOMETRIES  # noqa: E402
 
 PHOTO_SETS = {
     "real_dev/val": os.path.join(SHARED, "real_dev", "val"),

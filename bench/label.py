@@ -34,10 +34,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.config import LabelConfig  # noqa: E402
 from cgi2real.data import decode_for_labeling, read_for_device, scan_image_files  # noqa: E402
-from cgi2real.label import CPU_BATCH_SIZE, DECODES, GPU_BATCH_SIZE, Labeler, run  # noqa: E402
+from cgi2real.label import CPU_BATCH_SIZE, DECODES, GPU_BATCH_SIZE, run  # noqa: E402
+from cgi2real.labeler import Labeler  # noqa: E402
 from cgi2real.device_preset import DevicePreset, decode_jpegs  # noqa: E402
 from cgi2real.model import build_model, package_config, read_model_package, save_model_package  # noqa: E402
-from cgi2real.presets import DEFAULT_GEOMETRY, EvalPreset  # noqa: E402
+from cgi2real.presets import EvalPreset  # noqa: E402
+from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 

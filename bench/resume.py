@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.label import LabelTable, to_table  # noqa: E402
 from cgi2real.model import build_model, package_config, package_from_bytes, read_model_package, save_model_package  # noqa: E402
-from cgi2real.presets import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
 from cgi2real.storage import locate  # noqa: E402
 
 PART_ROWS = 100_000
@@ -44,12 +44,13 @@ else:
 sys.exit(code)
 """
 IMPORTS = f"import cgi2real.cli, cgi2real.label, ray, ray.data\n{PEAK}"
-# Only pyarrow and cgi2real.sources: the part files are globbed, as LabelTable would import torch.
+# Only pyarrow and cgi2real.sources: the part files are globbed.
 DIFFERENCE = f"""
 import glob, sys
 from cgi2real.sources import drop_labeled, labeled_paths, read_manifest
 from cgi2real.storage import locate
 source = read_manifest(sys.argv[1])
+print("  reading the manifest: peak RSS", int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024, "MB")
 parts = sorted(glob.glob(sys.argv[2] + "/part-*.parquet"))
 todo = drop_labeled(source.rows, source.root.scheme, labeled_paths(locate(sys.argv[2]).fs, parts))
 print(f"difference {{todo.num_rows}} new of {{source.rows.num_rows}}")

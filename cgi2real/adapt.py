@@ -32,7 +32,8 @@ from cgi2real.data import ImageFiles, decode_for_labeling, load_training_batch, 
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import WEIGHTS_FILE, ModelPackage, package_from_bytes, read_model_package, save_model_package
 from cgi2real.presets import TrainPreset, normalize
-from cgi2real.runtime import autocast, check_local_paths, failure_reason, node_cpus, say, start_ray
+from cgi2real.device import autocast
+from cgi2real.runtime import check_local_paths, failure_reason, node_cpus, say, start_ray
 from cgi2real.storage import check_bucket, locate
 
 METHODS = ("bn", "shot")

@@ -3,8 +3,16 @@
 from dataclasses import dataclass, fields
 
 from cgi2real.classes import DEFAULT_CLASSES
-from cgi2real.model import DEFAULT_UNFREEZE_FROM
-from cgi2real.presets import DEFAULT_GEOMETRY
+
+# How a picture of any shape becomes the model's square input; every model package records its own.
+#   crop:   the short side resized, the centre square kept (torchvision's eval; drops the sides of wide photos)
+#   pad:    the whole picture, its long side resized, centred on a square of the mean colour
+#   squash: the whole picture resized to the square (wide figures get narrower)
+# (presets.py implements them; the names live here, torch-free, for the CLI, configs and package checks.)
+GEOMETRIES = ("crop", "pad", "squash")
+LEGACY_GEOMETRY = "crop"  # packages written before the geometry was recorded
+DEFAULT_GEOMETRY = "crop"
+DEFAULT_UNFREEZE_FROM = "Mixed_6a"  # model.BLOCKS: the first block fine-tuned in stage 2
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,25 @@ backgrounds and cut-and-paste mixing. Images without a mask are used as they are
 import functools
 import itertools
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from cgi2real.classes import IMAGE_EXTENSIONS, MASKS_FOLDER, class_for_folder, composite_pairs, is_image_name
+from cgi2real.classes import MASKS_FOLDER, class_for_folder, composite_pairs, is_image_name
 from cgi2real.device_preset import device_orientation
 from cgi2real.errors import InputError
 from cgi2real.presets import ImageError, image_errors, paste_figures
-from cgi2real.storage import FileTooLarge, Location, first_line, is_transient, locate, read_whole
+from cgi2real.sources import list_images
+from cgi2real.storage import UNAVAILABLE, FileTooLarge, Location, backoff, first_line, is_transient, is_unavailable, locate, read_whole
 
 # Files larger than this are reported, not read: no image we can use is that big.
 MAX_FILE_BYTES = 256 * 2**20
 # Reads failing for a transient reason (throttling, 5xx, resets, timeouts) are tried this many
-# times, after RETRY_SECONDS, then twice as long each time (with jitter); the S3 client has already
-# made up to 3 tries of each request. What still fails is "unavailable": not a property of the file.
+# times (storage.backoff between them); the S3 client has already made up to 3 tries of each
+# request. What still fails is "unavailable": not a property of the file.
 READ_ATTEMPTS = 4
-RETRY_SECONDS = 0.5
-UNAVAILABLE = "unavailable"  # the reason of a read that failed transiently through every retry
 
 PASTE_BATCH = 32  # rows per training map batch: cut-and-paste takes its donors from the same batch
 
@@ -205,16 +202,9 @@ def scan_image_files(uri: str, s3_endpoint: str | None = None) -> ImageFiles:
 
     Figure masks in `_masks/` folders (see MASKS_FOLDER) are not images to label: they are skipped.
     """
-    root = locate(uri, s3_endpoint)
-    info = root.info()
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"source {root.uri} does not exist")
-    listing = [info] if info.type == pafs.FileType.File else root.list_files()
-    images = [i for i in listing if is_image_name(i.base_name) and f"/{MASKS_FOLDER}/" not in i.path]  # masks are not photos
-    if not images:
-        other = f" ({len(listing)} other files)" if listing else ""
-        raise InputError(f"source {root.uri} has no image files{other}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    return ImageFiles(root, tuple(i.path for i in images), tuple(i.size for i in images), len(listing) - len(images))
+    source = list_images(uri, s3_endpoint)
+    rows = source.take_rows()
+    return ImageFiles(source.root, tuple(rows.column("path").to_pylist()), tuple(rows.column("size").to_pylist()), source.skipped)
 
 
 def read_image(fs, path: str, preset, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
@@ -249,12 +239,7 @@ def read_file(fs, path: str, size: int | None = None) -> tuple[bytes | None, str
                 return None, _read_error(e)
             if attempt + 1 == READ_ATTEMPTS:
                 return None, f"{UNAVAILABLE}: {first_line(e)}"
-            time.sleep(RETRY_SECONDS * 2**attempt * random.uniform(0.5, 1.5))
-
-
-def is_unavailable(error: str | None) -> bool:
-    """Whether an error reason is a transient read failure (no row: a rerun tries the file again)."""
-    return bool(error) and error.startswith(UNAVAILABLE + ":")
+            backoff(attempt)
 
 
 def _read_error(error: Exception) -> str:

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from cgi2real.config import EvalConfig
+from cgi2real.config import GEOMETRIES, EvalConfig
 from cgi2real.data import LabeledImages, load_image_batch, scan_labeled_dataset
 from cgi2real.errors import InputError, RunFailed
+from cgi2real.label import check_abstain_below
 from cgi2real.model import load_model_package
-from cgi2real.presets import GEOMETRIES, EvalPreset
+from cgi2real.presets import EvalPreset
 from cgi2real.storage import first_line, locate
-from cgi2real.runtime import autocast, model_input
+from cgi2real.device import autocast, model_input
 
 CALIBRATION_BINS = 10  # equal-width confidence bins for ECE and the reliability diagram
 
@@ -87,11 +88,6 @@ def abstention(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     n = int(covered.sum())
     accuracy = float((probs[covered].argmax(axis=1) == labels[covered]).mean()) if n else None
     return {"threshold": threshold, "covered": n, "coverage": n / len(labels) if len(labels) else 0.0, "accuracy": accuracy}
-
-
-def check_abstain_below(threshold: float | None) -> None:
-    if threshold is not None and not 0 < threshold <= 1:
-        raise InputError(f"--abstain-below is a probability in (0, 1], got {threshold}")
 
 
 def classification_report(confusion: np.ndarray, classes: list[str]) -> dict:

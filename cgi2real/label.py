@@ -15,6 +15,7 @@ table's lease (`TableLease`) while it runs.
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -26,25 +27,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 import cgi2real
 from cgi2real.config import LabelConfig
-from cgi2real.data import LabeledImages, decode_for_labeling, is_unavailable, preprocess, read_for_device
 from cgi2real.errors import InputError, RunFailed
-from cgi2real.evaluate import check_abstain_below
-from cgi2real.model import ModelPackage, package_from_bytes, read_model_package
-from cgi2real.device_preset import DevicePreset
-from cgi2real.presets import EvalPreset, normalize
-from cgi2real.runtime import autocast, check_local_paths, node_cpus, start_ray
+from cgi2real.package import PackageInfo, read_package_info
+from cgi2real.runtime import check_local_paths, node_cpus, start_ray
 from cgi2real.sources import Source, drop_labeled, file_blocks, labeled_paths, open_source
-from cgi2real.storage import Location, first_line, locate
+from cgi2real.storage import Location, first_line, is_unavailable, locate
+
+if TYPE_CHECKING:
+    from cgi2real.data import LabeledImages
 
 METADATA_KEY = b"cgi2real"  # Parquet key-value metadata: JSON with classes, model id, version
 PART_PREFIX = "part-"
@@ -55,6 +55,7 @@ LEASE_NAME = "_lease.json"  # the table's lock object (TableLease)
 LEASE_HEARTBEAT_SECONDS = 15.0  # the holder renews the lease this often
 LEASE_STALE_SECONDS = 120.0  # a lease not renewed for this long belongs to a dead run: --force breaks it
 PROGRESS_SECONDS = 10.0
+LISTING_HEAD_START = 10.0  # seconds a folder is listed before labeling starts, if its listing has not ended by then
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
 # Model replicas sharing one GPU, by where JPEGs are decoded: while one replica frames pictures or
 # waits for its batch, another computes (BENCHMARKS.md: on one H100, device decoding ran 2,124 img/s
@@ -66,92 +67,62 @@ ACTORS_PER_GPU = {"device": 4, "cpu": 2}
 CPU_ACTORS_PER_NODE = 8
 
 
-# --- The model actor ---------------------------------------------------------------------------
+# --- The Ray stages (torch is imported in the workers that run them, never in the driver) --------
 
 
-class Labeler:
-    """Model replica: a batch of read images -> {path, probs (B, K), error, labeled_at}.
+def read_files(batch: dict[str, np.ndarray], *, fs: pafs.FileSystem, image_size: int, geometry: str, decode: str) -> dict[str, np.ndarray]:
+    """The reading tasks: file rows {path, size} -> what the Labeler takes (`data.decode_for_labeling`,
+    or `data.read_for_device` with decode="device")."""
+    from cgi2real.data import decode_for_labeling, read_for_device
 
-    With `decode="cpu"` the batch is {path, image uint8 (B, 3, S, S), error}, as the reading tasks
-    preprocessed it. With `decode="device"` it is {path, payload, orientation, error} from
-    `data.read_for_device`: JPEG bytes are decoded in one batch on the model's device and framed
-    there (`DevicePreset`); if that batch fails, its JPEGs are decoded one by one by the CPU preset,
-    which gives each file its usual pixels or error row.
+    read = read_for_device if decode == "device" else decode_for_labeling
+    return read(batch, preset=_eval_preset(image_size, geometry), fs=fs)
 
-    Plain torch (Ray Data runs it as a pool of actors; tests call it directly). The model is built
-    once, from the package's safetensors bytes (or an ObjectRef to them). Rows with an error pass
-    through with NaN probabilities.
-    """
 
-    def __init__(self, config: dict, weights, use_gpu: bool = False, actors_per_node: int | None = None, decode: str = "cpu"):
-        if not isinstance(weights, bytes):  # an ObjectRef: one copy in the object store serves every actor
-            import ray
+@functools.cache
+def _eval_preset(image_size: int, geometry: str):
+    from cgi2real.presets import EvalPreset
 
-            weights = ray.get(weights)
-        check_decode(decode)
-        package = package_from_bytes(config, weights, "model package")
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        if self.device.type == "cpu" and actors_per_node:
-            # Ray sets one thread per reserved CPU; share this node's cores (not the driver's) instead.
-            torch.set_num_threads(max(1, node_cpus() // actors_per_node))
-        self.model = package.model.to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True  # every full batch has the same shape: pick the fastest kernels once
-        self.mean, self.std, self.num_classes = package.mean, package.std, len(package.classes)
-        self.decode = decode
-        if decode == "device":
-            self.cpu_preset = package.eval_preset()
-            self.device_preset = DevicePreset(self.cpu_preset, self.device)
-        self.warned_fallback = False
+    return EvalPreset(image_size, geometry)
+
+
+class LabelerActor:
+    """`labeler.Labeler` as Ray Data's actor class: the same constructor and call, imported in the actor."""
+
+    def __init__(self, **kwargs):
+        from cgi2real.labeler import Labeler
+
+        self.labeler = Labeler(**kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        errors = np.array(batch["error"], dtype=object)  # device decoding may add some
-        pixels = self._device_pixels(batch, errors) if self.decode == "device" else None
-        ok = errors == ""
-        probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
-        if ok.any():
-            if pixels is None:
-                pixels = torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True)
-            images = normalize(pixels, self.mean, self.std)
-            if self.device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), autocast(self.device):
-                logits = self.model(images)  # (B_ok, K)
-            probs[ok] = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        now_us = int(time.time() * 1e6)
-        return {"path": batch["path"], "probs": probs, "error": errors, "labeled_at": np.full(len(ok), now_us, dtype=np.int64)}
+        return self.labeler(batch)
 
-    def _device_pixels(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
-        """uint8 (B_ok, 3, S, S) on the device for the rows without an error; sets `errors` of the
-        JPEGs the CPU preset could not decode either, after a failed batch."""
-        s = self.device_preset.image_size
-        orientations = np.asarray(batch["orientation"])
-        rows = np.flatnonzero(errors == "")
-        jpegs = [i for i in rows if orientations[i] > 0]
-        out = torch.empty((len(batch["path"]), 3, s, s), dtype=torch.uint8, device=self.device)
-        if jpegs:
-            try:
-                out[jpegs] = self.device_preset([batch["payload"][i] for i in jpegs], [int(orientations[i]) for i in jpegs])
-            except Exception as e:  # nvJPEG refused one of them (arithmetic coding, a corrupt scan, ...): one by one on CPU
-                if not self.warned_fallback:
-                    self.warned_fallback = True
-                    print(f"warning: a batch failed to decode on {self.device.type} ({first_line(e)}); "
-                          "decoding its JPEGs one by one on the CPU (said once per model actor)", flush=True)
-                for i in jpegs:
-                    pixels, error = preprocess(self.cpu_preset, batch["payload"][i])
-                    if error:
-                        errors[i] = error
-                    else:
-                        out[i] = torch.from_numpy(pixels).to(self.device)
-        decoded = [i for i in rows if orientations[i] == 0]
-        if decoded:
-            raw = np.frombuffer(b"".join(batch["payload"][i] for i in decoded), dtype=np.uint8).reshape(len(decoded), 3, s, s)
-            out[decoded] = torch.from_numpy(raw.copy()).to(self.device, non_blocking=True)
-        return out[torch.from_numpy(errors == "").to(self.device)]
+
+def checked_weights_ref(uri: str, s3_endpoint: str | None, config: dict):
+    """An ObjectRef to the package's weights, read and checked by a task on this node (`labeler.checked_weights`);
+    InputError if they are not the config's or do not fit its network."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)  # a local package is on this disk
+    error, weights = ray.remote(_checked_weights).options(num_returns=2, scheduling_strategy=here).remote(uri, s3_endpoint, config)
+    if message := ray.get(error):
+        raise InputError(message)
+    return weights
+
+
+def _checked_weights(uri: str, s3_endpoint: str | None, config: dict) -> tuple[str | None, bytes | None]:
+    from cgi2real.labeler import checked_weights
+
+    return checked_weights(uri, s3_endpoint, config)
 
 
 DECODES = ("cpu", "device")
+
+
+def check_abstain_below(threshold: float | None) -> None:
+    if threshold is not None and not 0 < threshold <= 1:
+        raise InputError(f"--abstain-below is a probability in (0, 1], got {threshold}")
 
 
 def check_decode(decode: str) -> None:
@@ -496,6 +467,8 @@ class LabelSummary:
     seconds: float = 0.0  # from the pipeline's start (after Ray's) to the last commit
     first_seconds: float = 0.0  # until the first results arrived: actor start-up and one block
     first_rows: int = 0  # rows in that first arrival
+    first_since_start: float = 0.0  # the first results, counted from the run's start (listing included)
+    duplicates: int = 0  # rows of a manifest naming an image listed before
     files_written: int = 0
 
     @property
@@ -525,82 +498,128 @@ def run(cfg: LabelConfig) -> LabelSummary:
     if cfg.decode is not None:
         check_decode(cfg.decode)
     source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
-    config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
-    package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # fail here, not in an actor
+    package = read_package_info(cfg.model, cfg.s3_endpoint)  # its weights are checked once Ray runs (checked_weights_ref)
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
     table.check()
     with TableLease(table.folder, table.run_id, cfg.force) as lease:
         table.lease = lease
         table.prepare(cfg.overwrite)
-        return _label(cfg, source, package, weights, table)
+        return _label(cfg, source, package, table)
 
 
-def _label(cfg: LabelConfig, source: Source, package: ModelPackage, weights: bytes, table: LabelTable) -> LabelSummary:
-    """The run itself, holding the table's lease: what is left to label, through Ray, into the table."""
+def _label(cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelTable) -> LabelSummary:
+    """The run itself, holding the table's lease: what is left to label, through Ray, into the table.
+
+    A folder still being listed is labeled in waves (`Source.waves`): the images listed in the
+    first LISTING_HEAD_START seconds start labeling while the listing goes on.
+    """
     parts = table.part_files()
     check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)
-    done = labeled_paths(table.folder.fs, parts)  # sorted Arrow strings: ~70 MB per million paths
-    summary = LabelSummary(source.uri, table.folder.uri, skipped=source.skipped)
-    listed = source.take_rows()
-    todo = drop_labeled(listed, source.root.scheme, done)  # the set difference, in Arrow
-    summary.images, summary.already = listed.num_rows, listed.num_rows - todo.num_rows
-    del listed, done
+    done = labeled_paths(table.folder.fs, parts)  # Arrow strings: ~60 MB per million paths
+    summary = LabelSummary(source.uri, table.folder.uri)
+    started, labeling = time.monotonic(), None
+    for wave, rows in enumerate(source.waves(LISTING_HEAD_START)):
+        todo = drop_labeled(rows, source.root.scheme, done)  # the set difference, in Arrow
+        summary.images, summary.already = summary.images + rows.num_rows, summary.already + rows.num_rows - todo.num_rows
+        del rows
+        listing = source.listing is not None and not source.listing.finished
+        if wave == 0:
+            _say_what_is_labeled(source, summary, todo.num_rows, listing)
+        elif todo.num_rows:
+            print(f"  {summary.images} images listed so far; labeling the next {todo.num_rows}" + ("" if listing else " (the listing is done)"), flush=True)
+        if todo.num_rows:
+            labeling = labeling or Labeling(cfg, source, package, table, summary, todo.column("path")[0].as_py(), started)
+            labeling.label(todo)
+        del todo
+    summary.skipped, summary.duplicates = source.skipped, source.duplicates
+    if wave > 0:  # the totals, now that the listing has ended
+        _say_what_is_labeled(source, summary, None, False)
+    return labeling.finish() if labeling else summary
+
+
+def _say_what_is_labeled(source: Source, s: "LabelSummary", todo: int | None, listing: bool) -> None:
     manifest = source.kind == "manifest"
+    if listing:
+        print(f"listing {source.uri}: {s.images} images within {LISTING_HEAD_START:g} s; labeling those while the listing goes on", flush=True)
+        return
+    skipped = source.listing.skipped if source.listing is not None else source.skipped
     print(
-        f"{summary.images} images " + (f"in manifest {source.uri}" if manifest else f"under {source.uri}")
-        + (f" ({source.skipped} other {'rows' if manifest else 'files'} skipped)" if source.skipped else "")
-        + (f" ({source.duplicates} duplicate rows counted once)" if source.duplicates else "")
-    )
-    if summary.already:
-        print(f"{summary.already} already in {table.folder.uri}; " + (f"labeling the other {todo.num_rows}" if todo.num_rows else "nothing left to label"))
-    if not todo.num_rows:
-        return summary
-
-    import ray
-
-    start_ray(min_cpus=2)  # one CPU for the model, one for decoding
-    check_local_paths({f"SOURCE {source.uri}": todo.column("path")[0].as_py()} if source.root.scheme == "file" else {}, {"--out": table.folder})
-    plan = _plan(cfg)
-    print(
-        f"model {package.model_id} on {plan.actors} {'GPU' if plan.use_gpu else 'CPU'} actor(s), batch {plan.batch_size}, "
-        f"{package.image_size} px, {package.geometry}, decoding on the {'model device' if plan.decode == 'device' else 'CPU'}",
+        f"{s.images} images " + (f"in manifest {source.uri}" if manifest else f"under {source.uri}")
+        + (f" ({skipped} other {'rows' if manifest else 'files'} skipped)" if skipped else "")
+        + (f" ({source.duplicates} duplicate rows counted once)" if source.duplicates else ""),
         flush=True,
     )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = ctx.print_on_execution_start = False  # run() prints progress lines
-    rows = ray.data.from_arrow(file_blocks(todo))
-    expected = todo.num_rows
-    del todo
-    ds = labeling_dataset(rows, source.root.fs, package.eval_preset(), package.config, ray.put(weights), plan)
-    writer = TableWriter(table, source.root, package.classes, package.model_id, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
-    start = last_report = time.monotonic()
-    try:
-        with _sigterm_as_interrupt():
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                writer.add(batch)
-                if not summary.first_rows:
-                    summary.first_seconds, summary.first_rows = time.monotonic() - start, writer.rows
-                if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                    last_report = time.monotonic()
-                    rate = writer.rows / (last_report - start)
-                    unavailable = f", {writer.unavailable} unavailable" if writer.unavailable else ""
-                    print(f"  {writer.rows}/{expected} labeled ({rate:.1f} img/s), {sum(writer.errors.values())} errors{unavailable}", flush=True)
-    except KeyboardInterrupt:
-        writer.flush()  # keep what is done: a rerun resumes after it
-        print(f"interrupted: {writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume", flush=True)
-        raise
-    except LeaseLost:
-        raise
-    except Exception as e:
-        writer.flush()
-        raise RunFailed(f"labeling failed: {first_line(e)} ({writer.rows} rows committed to {table.folder.uri}; rerun the same command to resume)") from e
-    writer.flush()
-    summary.labeled, summary.errors = writer.rows, writer.errors
-    summary.unavailable, summary.unavailable_example = writer.unavailable, writer.unavailable_example
-    summary.seconds, summary.files_written = time.monotonic() - start, table.written
-    if summary.labeled + summary.unavailable != expected:  # an invariant of Ray Data: every input row comes out once
-        raise RunFailed(f"labeling lost {expected - summary.labeled - summary.unavailable} of {expected} images; rerun the same command to label them")
-    return summary
+    if s.already and todo is not None:
+        print(f"{s.already} already in {s.table}; " + (f"labeling the other {todo}" if todo else "nothing left to label"), flush=True)
+    elif s.already:
+        print(f"{s.already} of them were already in {s.table}", flush=True)
+
+
+class Labeling:
+    """The Ray side of a run, started with its first images to label: the plan, the checked
+    weights in the object store, the table's writer; `label` runs one wave of files through a
+    Ray Data pipeline into the writer, `finish` commits and completes the summary."""
+
+    def __init__(self, cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelTable, summary: "LabelSummary", first_path: str, started: float):
+        import ray
+
+        start_ray(min_cpus=2)  # one CPU for the model, one for decoding
+        check_local_paths({f"SOURCE {source.uri}": first_path} if source.root.scheme == "file" else {}, {"--out": table.folder})
+        self.plan = _plan(cfg)
+        self.weights = checked_weights_ref(locate(cfg.model, cfg.s3_endpoint).uri, cfg.s3_endpoint, package.config)
+        plan = self.plan
+        print(
+            f"model {package.model_id} on {plan.actors} {'GPU' if plan.use_gpu else 'CPU'} actor(s), batch {plan.batch_size}, "
+            f"{package.image_size} px, {package.geometry}, decoding on the {'model device' if plan.decode == 'device' else 'CPU'}",
+            flush=True,
+        )
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = ctx.print_on_execution_start = False  # run() prints progress lines
+        self.source, self.package, self.table, self.summary, self.started = source, package, table, summary, started
+        self.writer = TableWriter(table, source.root, package.classes, package.model_id, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
+        self.expected = 0
+        self.start = time.monotonic()
+
+    def label(self, todo: pa.Table) -> None:
+        import ray
+
+        writer, summary = self.writer, self.summary
+        self.expected += todo.num_rows
+        ds = labeling_dataset(ray.data.from_arrow(file_blocks(todo)), self.source.root.fs, self.package, self.weights, self.plan)
+        last_report = time.monotonic()
+        try:
+            with _sigterm_as_interrupt():
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    writer.add(batch)
+                    if not summary.first_rows:
+                        summary.first_seconds, summary.first_rows = time.monotonic() - self.start, writer.rows
+                        summary.first_since_start = time.monotonic() - self.started
+                    if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                        last_report = time.monotonic()
+                        rate = writer.rows / (last_report - self.start)
+                        unavailable = f", {writer.unavailable} unavailable" if writer.unavailable else ""
+                        print(f"  {writer.rows}/{self.expected} labeled ({rate:.1f} img/s), {sum(writer.errors.values())} errors{unavailable}", flush=True)
+        except KeyboardInterrupt:
+            writer.flush()  # keep what is done: a rerun resumes after it
+            print(f"interrupted: {writer.rows} rows committed to {self.table.folder.uri}; rerun the same command to resume", flush=True)
+            raise
+        except LeaseLost:
+            raise
+        except Exception as e:
+            writer.flush()
+            raise RunFailed(f"labeling failed: {first_line(e)} ({writer.rows} rows committed to {self.table.folder.uri}; rerun the same command to resume)") from e
+        if writer.rows + writer.unavailable != self.expected:  # an invariant of Ray Data: every input row comes out once
+            writer.flush()
+            lost = self.expected - writer.rows - writer.unavailable
+            raise RunFailed(f"labeling lost {lost} of {self.expected} images; rerun the same command to label them")
+
+    def finish(self) -> "LabelSummary":
+        self.writer.flush()
+        s, writer = self.summary, self.writer
+        s.labeled, s.errors = writer.rows, writer.errors
+        s.unavailable, s.unavailable_example = writer.unavailable, writer.unavailable_example
+        s.seconds, s.files_written = time.monotonic() - self.start, self.table.written
+        return s
 
 
 def check_same_model(table: LabelTable, parts: list[str], classes: list[str], model_id: str, abstain_below: float | None = None) -> None:
@@ -655,22 +674,26 @@ def _plan(cfg: LabelConfig) -> Plan:
     return Plan(False, actors, 0.0, 1, math.ceil(actors / len(cores)), decode, batch_size)
 
 
-def labeling_dataset(rows, fs: pafs.FileSystem, preset: EvalPreset, config: dict, weights_ref, plan: Plan):
+def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, weights_ref, plan: Plan):
     """The Ray Dataset: file rows {path, size} -> reading tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}.
 
-    The reading tasks decode and preprocess (`decode_for_labeling`), or with `decode="device"`
-    pass JPEG bytes on (`read_for_device`): at 299 px, 0.1-0.5 of the bytes through the object
+    The reading tasks decode and preprocess (`data.decode_for_labeling`), or with `decode="device"`
+    pass JPEG bytes on (`data.read_for_device`): at 299 px, 0.1-0.5 of the bytes through the object
     store and a twentieth of the CPU time (BENCHMARKS.md).
     """
     import ray.data
 
-    read = read_for_device if plan.decode == "device" else decode_for_labeling
     return (
-        rows.map_batches(read, fn_kwargs={"preset": preset, "fs": fs}, batch_size=None, batch_format="numpy")
+        rows.map_batches(
+            read_files,
+            fn_kwargs={"fs": fs, "image_size": package.image_size, "geometry": package.geometry, "decode": plan.decode},
+            batch_size=None,
+            batch_format="numpy",
+        )
         .map_batches(
-            Labeler,
+            LabelerActor,
             fn_constructor_kwargs={
-                "config": config, "weights": weights_ref, "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
+                "config": package.config, "weights": weights_ref, "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
             },
             batch_size=plan.batch_size,
             batch_format="numpy",
@@ -711,7 +734,8 @@ def format_summary(s: LabelSummary) -> str:
     if s.labeled:
         steady = f", {s.steady_images_per_second:.1f} img/s since" if s.steady_images_per_second else ""
         lines.append(
-            f"speed     {s.images_per_second:.1f} img/s ({s.labeled} images in {s.seconds:.1f} s; first results after {s.first_seconds:.1f} s{steady})"
+            f"speed     {s.images_per_second:.1f} img/s ({s.labeled} images in {s.seconds:.1f} s; first results after {s.first_seconds:.1f} s, "
+            f"{s.first_since_start:.1f} s after the run started{steady})"
         )
     lines.append(f"table     {s.table}" + (f" ({s.files_written} new file(s))" if s.files_written else ""))
     return "\n".join(lines)
@@ -761,7 +785,7 @@ def format_table_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def pseudo_labeled_images(uri: str, classes: tuple[str, ...], min_confidence: float, s3_endpoint: str | None = None) -> LabeledImages:
+def pseudo_labeled_images(uri: str, classes: tuple[str, ...], min_confidence: float, s3_endpoint: str | None = None) -> "LabeledImages":
     """The confidently labeled rows of a label table as a labeled dataset: self-training's extra root.
 
     Rows with a label and a confidence of at least `min_confidence` are kept; the images are read
@@ -788,6 +812,8 @@ def pseudo_labeled_images(uri: str, classes: tuple[str, ...], min_confidence: fl
     root = locate(_common_folder(uris, table.folder.uri), s3_endpoint)
     paths = [locate(u, s3_endpoint).path for u in uris]
     labels = [classes.index(name) for name in rows["label"].cast(pa.string()).to_pylist()]
+    from cgi2real.data import LabeledImages  # torch: training calls this, a labeling driver does not
+
     return LabeledImages(root, tuple(classes), tuple(paths), tuple(labels))
 
 

@@ -2,7 +2,8 @@
 
 A model package is a folder, local or s3://, holding `model.safetensors` (the unwrapped state
 dict) and `config.json` (architecture, classes in order, image size, mean/std, training summary).
-Loading never unpickles anything.
+`package.py` reads and checks those files without torch; this module builds and saves the
+network. Loading never unpickles anything.
 """
 
 import hashlib
@@ -21,18 +22,13 @@ from torch import nn
 
 import cgi2real
 from cgi2real.errors import InputError
-from cgi2real.presets import GEOMETRIES, IMAGENET_MEAN, IMAGENET_STD, LEGACY_GEOMETRY, EvalPreset
+from cgi2real.package import ARCH, CONFIG_FILE, PACKAGE_FORMAT, PACKAGE_VERSION, WEIGHTS_FILE, PackageInfo, check_weights, read_model_package
+from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
+from cgi2real.config import DEFAULT_UNFREEZE_FROM
 from cgi2real.storage import first_line, locate
-
-ARCH = "inception_v3"
-PACKAGE_FORMAT = "cgi2real-model"
-PACKAGE_VERSION = 2  # 2: `geometry` recorded (version 1 packages center-crop)
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 MIN_IMAGE_SIZE = 75  # Inception v3's smallest input
 AUX_IMAGE_SIZE = 299  # its auxiliary head needs full-size input (17x17 maps at Mixed_6e)
-DEFAULT_UNFREEZE_FROM = "Mixed_6a"
 HEAD_MODULES = ("fc", "AuxLogits.fc")  # the new layers; everything else is the backbone
 # Top-level blocks of torchvision's Inception v3 in forward order (AuxLogits branches off Mixed_6e).
 BLOCKS = (
@@ -132,40 +128,13 @@ def set_train_mode(model: nn.Module) -> None:
 
 
 @dataclass
-class ModelPackage:
-    """A loaded model package: the model (eval mode, CPU) and its config.json."""
+class ModelPackage(PackageInfo):
+    """A loaded model package: its config.json (PackageInfo) and the model (eval mode, CPU)."""
 
     model: nn.Module
-    config: dict
-
-    @property
-    def classes(self) -> list[str]:
-        return self.config["classes"]
-
-    @property
-    def image_size(self) -> int:
-        return self.config["image_size"]
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(self.config["mean"])
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return tuple(self.config["std"])
-
-    @property
-    def geometry(self) -> str:
-        """How pictures become square input (presets.GEOMETRIES); packages before version 2 center-crop."""
-        return self.config.get("geometry", LEGACY_GEOMETRY)
 
     def eval_preset(self) -> EvalPreset:
         return EvalPreset(self.image_size, self.geometry)
-
-    @property
-    def model_id(self) -> str:
-        """Identifies the weights: the first 16 hex digits of their SHA-256."""
-        return self.config["weights_sha256"][:16]
 
 
 def package_config(model: nn.Module, classes: list[str], image_size: int, geometry: str, training: dict | None = None) -> dict:
@@ -219,26 +188,13 @@ def load_model_package(uri: str, s3_endpoint: str | None = None, classes: list[s
     return package_from_bytes(config, weights, where)
 
 
-def read_model_package(uri: str, s3_endpoint: str | None = None) -> tuple[dict, bytes]:
-    """The raw (config, weights bytes) of a package, with the config checked; see package_from_bytes."""
-    folder = locate(uri, s3_endpoint)
-    config = _read_package_config(folder)
-    try:
-        return config, folder.child(WEIGHTS_FILE).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"model package {folder.uri} has no {WEIGHTS_FILE}") from None
-    except OSError as e:
-        raise InputError(f"cannot read {folder.child(WEIGHTS_FILE).uri}: {first_line(e)}") from None
-
-
 def package_from_bytes(config: dict, weights: bytes, where: str) -> ModelPackage:
     """Build a package's model from its safetensors bytes (no pickle), checking hash, names and shapes.
 
     Model actors call this with bytes shipped through Ray's object store, so a package on the
     driver's local disk serves a whole cluster.
     """
-    if hashlib.sha256(weights).hexdigest() != config["weights_sha256"]:
-        raise InputError(f"model package {where}: {WEIGHTS_FILE} does not match the SHA-256 in {CONFIG_FILE} (modified or corrupt)")
+    check_weights(config, weights, where)
     try:
         state_dict = load_safetensors(weights)
     except (SafetensorError, ValueError) as e:
@@ -252,30 +208,7 @@ def package_from_bytes(config: dict, weights: bytes, where: str) -> ModelPackage
     )
     check_state_dict(model, state_dict, f"model package {where}")
     model.load_state_dict(state_dict)
-    return ModelPackage(model.eval(), config)
-
-
-def _read_package_config(folder) -> dict:
-    try:
-        config = json.loads(folder.child(CONFIG_FILE).read_bytes())
-    except FileNotFoundError:
-        what = "no such folder" if not folder.exists() else f"no {CONFIG_FILE}"
-        raise InputError(f"not a model package: {folder.uri} ({what})") from None
-    except OSError as e:
-        raise InputError(f"cannot read model package {folder.uri}: {first_line(e)}") from None
-    except ValueError:
-        raise InputError(f"model package {folder.uri}: {CONFIG_FILE} is not valid JSON") from None
-    required = ("arch", "classes", "image_size", "mean", "std", "aux_logits", "transform_input", "weights_sha256")
-    missing = [key for key in required if not isinstance(config, dict) or key not in config]
-    if missing or config.get("format") != PACKAGE_FORMAT:
-        raise InputError(f"model package {folder.uri}: {CONFIG_FILE} is not a cgi2real package config (missing {', '.join(missing) or 'format'})")
-    if config["format_version"] > PACKAGE_VERSION:
-        raise InputError(f"model package {folder.uri} has format version {config['format_version']}; this cgi2real reads up to {PACKAGE_VERSION}: upgrade cgi2real")
-    if config["arch"] != ARCH:
-        raise InputError(f"model package {folder.uri} has arch {config['arch']!r}; only {ARCH!r} is supported")
-    if config.get("geometry", LEGACY_GEOMETRY) not in GEOMETRIES:
-        raise InputError(f"model package {folder.uri} has geometry {config['geometry']!r}; this cgi2real knows {', '.join(GEOMETRIES)}")
-    return config
+    return ModelPackage(config, model.eval())
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:

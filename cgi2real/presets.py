@@ -15,6 +15,8 @@ from PIL import Image, ImageFilter, JpegImagePlugin
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
+from cgi2real.config import DEFAULT_GEOMETRY, GEOMETRIES  # crop | pad | squash: see config.GEOMETRIES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # fill outside the picture: ~0 once normalized
@@ -32,14 +34,6 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B"
 # Eval resizes the short side to image_size * 342/299 before a center crop, as torchvision's
 # Inception v3 weights were evaluated (342 -> 299).
 RESIZE_RATIO = 342 / 299
-
-# How a picture of any shape becomes the model's square input; every model package records its own.
-#   crop:   the short side resized, the centre square kept (torchvision's eval; drops the sides of wide photos)
-#   pad:    the whole picture, its long side resized, centred on a square of the mean colour
-#   squash: the whole picture resized to the square (wide figures get narrower)
-GEOMETRIES = ("crop", "pad", "squash")
-LEGACY_GEOMETRY = "crop"  # packages written before the geometry was recorded
-DEFAULT_GEOMETRY = "crop"
 
 _TRANSPOSE = {  # EXIF orientation -> the transposition that shows the picture upright
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

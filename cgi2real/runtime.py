@@ -1,17 +1,16 @@
-"""What train, evaluate and label share at run time: Ray start-up, the device's input path and
-autocast, and the check that local paths mean the same files on every node of a cluster.
+"""What train, evaluate and label share at run time: Ray start-up, worker output and failures,
+and the check that local paths mean the same files on every node of a cluster.
 
-Nothing here knows a stage; the stages import it, never the other way round.
+Nothing here knows a stage; the stages import it, never the other way round. No torch either: a
+labeling driver imports this module (the model's device is `device.py`).
 """
 
 import os
+import re
 import secrets
 import sys
 
-import torch
-
 from cgi2real.errors import InputError
-from cgi2real.presets import normalize
 from cgi2real.storage import Location, first_line
 
 
@@ -31,21 +30,6 @@ def start_ray(min_cpus: int) -> None:
         ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
-def model_input(batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch -> (normalized images, labels, ok mask) on `device`; channels_last on GPU."""
-    images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch["label"].to(device, non_blocking=True).long()
-    mask = batch["ok"].to(device, non_blocking=True).bool()
-    return images, labels, mask
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; a no-op on CPU (bf16 matmuls are slow on most CPUs)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def say(line: str) -> None:
     """A line from a Ray Train worker to the driver's output."""
     # Not print(): Ray Train patches it into a logger that the driver then shows twice.
@@ -55,11 +39,27 @@ def say(line: str) -> None:
 
 def failure_reason(error: BaseException, ours: type | tuple[type, ...]) -> str:
     """Why a Ray Train run failed: a worker's own exception of the `ours` types (its message is
-    meant for the user), rather than Ray's wrapper around it."""
-    for failure in getattr(error, "worker_failures", {}).values():
-        cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the worker's exception as its cause
-        if isinstance(cause, ours):
-            return str(cause)
+    meant for the user), rather than Ray's wrapper around it.
+
+    The worker's exception is looked for in the worker failures, causes and contexts Ray chains
+    together (which of them carries it varies with where the run noticed the failure), then in
+    the text of Ray's error, which quotes the worker's traceback.
+    """
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ours):
+            return str(e)
+        failures = getattr(e, "worker_failures", None)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__, *(failures.values() if isinstance(failures, dict) else [])]
+    for kind in ours:
+        quoted = re.search(rf"\b{kind.__name__}: (.+)", str(error))
+        if quoted:
+            return quoted.group(1).strip()
     return first_line(error)
 
 

@@ -1,15 +1,20 @@
 """What a label run labels: the images under a folder or s3:// prefix, or those a manifest lists.
 
-A folder is listed on the driver (`data.scan_image_files`). A manifest (a Parquet or CSV file with
+A folder is walked on the driver, many sub-folders at a time (`list_images`). A manifest (a Parquet or CSV file with
 a `path` column, or an S3 Inventory report) is read in batches as Arrow columns. Either way the
 images already in the label table are dropped with Arrow (`is_in` against the table's sorted
 paths, in batches), never with a Python set of millions of strings.
 """
 
 import json
+import math
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -23,7 +28,8 @@ FILE_ROWS = pa.schema([pa.field("path", pa.string()), pa.field("size", pa.int64(
 IMAGE_PATH = r"\.(" + "|".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + r")$"
 BLOCK_ROWS = 64  # file rows per block into the reading tasks: enough blocks to keep every core busy
 FIRST_BLOCKS, FIRST_BLOCK_ROWS = 32, 8  # smaller blocks first: the first results come sooner, and small runs spread
-DIFF_ROWS = 1 << 18  # manifest rows checked against the table at a time (bounds the driver's memory)
+DIFF_ROWS = 1 << 16  # paths per range of the set difference and the de-duplication (bounds the driver's memory)
+MANIFEST_BATCH_ROWS = 1 << 18  # rows per batch read from a Parquet manifest
 
 
 def image_mask(paths: pa.Array) -> pa.Array:
@@ -50,29 +56,60 @@ def file_blocks(rows: pa.Table) -> list[pa.Table]:
 # --- Paths already labeled ---------------------------------------------------------------------
 
 
-def labeled_paths(fs: pafs.FileSystem, parts: list[str]) -> pa.Array:
-    """The sorted `path` column of a label table's part files (URIs), as one Arrow array."""
-    if not parts:
-        return pa.array([], pa.string())
-    paths = pa.chunked_array(
+def labeled_paths(fs: pafs.FileSystem, parts: list[str]) -> pa.ChunkedArray:
+    """The `path` column of a label table's part files (URIs), read one file at a time: ~70 MB per million paths."""
+    return pa.chunked_array(
         [pq.read_table(part, columns=["path"], filesystem=fs, use_threads=False).column("path").combine_chunks() for part in parts], pa.string()
     )
-    done = pc.take(paths, pc.sort_indices(paths)).combine_chunks()
-    del paths
-    pa.default_memory_pool().release_unused()
-    return done
 
 
-def drop_labeled(rows: pa.Table, scheme: str, done: pa.Array) -> pa.Table:
-    """The file rows whose URI is not in `done` (the table's paths), checked DIFF_ROWS at a time."""
-    if not len(done):
+def drop_labeled(rows: pa.Table, scheme: str, done: pa.ChunkedArray) -> pa.Table:
+    """The file rows whose URI is not in `done` (the table's paths); sorted rows stay sorted.
+
+    A hash set of a million paths takes over 200 MB; instead both sides are cut into the same
+    ranges of values (`range_cuts`), and each range of `rows` is checked against that range of
+    `done` alone.
+    """
+    if not len(done) or not rows.num_rows:
         return rows
+    cuts = range_cuts([uris_of(_sample(rows.column("path")), scheme), _sample(done)], max(rows.num_rows, len(done)))
+    labeled = pa.table({"path": done})
+    prefix = len("s3://") if scheme == "s3" else 0  # row paths are bucket/key on S3: the prefix does not change the order
     kept = []
-    for start in range(0, rows.num_rows, DIFF_ROWS):
-        chunk = rows.slice(start, DIFF_ROWS)
-        labeled = pc.is_in(uris_of(chunk.column("path"), scheme), value_set=done)
-        kept.append(chunk.filter(pc.invert(labeled)))
-    return pa.concat_tables(kept) if kept else rows.slice(0, 0)
+    for low, high in zip([None, *cuts], [*cuts, None]):
+        part = _within(rows, low and low[prefix:], high and high[prefix:])
+        known = pc.is_in(uris_of(part.column("path"), scheme), value_set=_within(labeled, low, high).column("path"))
+        kept.append(part.filter(pc.invert(known)))
+    return pa.concat_tables(kept)
+
+
+def range_cuts(samples: list[pa.Array], values: int) -> list[str]:
+    """Path values cutting `values` paths, of which `samples` are random draws, into ranges of
+    about DIFF_ROWS each (none for fewer)."""
+    ranges = math.ceil(values / DIFF_ROWS)
+    if ranges <= 1:
+        return []
+    drawn = pc.unique(pa.chunked_array(samples, pa.string()))
+    drawn = pc.take(drawn, pc.sort_indices(drawn)).to_pylist()
+    return sorted({drawn[len(drawn) * k // ranges] for k in range(1, ranges)})
+
+
+def _sample(values: pa.Array | pa.ChunkedArray, n: int = 4096) -> pa.Array:
+    """About `n` values drawn at random (with replacement), reproducibly; chunk by chunk, as a take
+    across the chunks of a large ChunkedArray would first copy them into one."""
+    rng, total = np.random.default_rng(0), len(values)
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    drawn = [pc.take(c, pa.array(rng.integers(0, len(c), math.ceil(n * len(c) / total)), pa.int64())) for c in chunks if len(c)]
+    return pa.concat_arrays(drawn) if drawn else pa.array([], pa.string())
+
+
+def _within(table: pa.Table, low: str | None, high: str | None) -> pa.Table:
+    """The rows with low <= path < high (None: unbounded), in one filter (one copy of the range only)."""
+    paths = table.column("path")
+    masks = ([pc.greater_equal(paths, low)] if low is not None else []) + ([pc.less(paths, high)] if high is not None else [])
+    if not masks:
+        return table
+    return table.filter(masks[0] if len(masks) == 1 else pc.and_(*masks))
 
 
 # --- What to label ------------------------------------------------------------------------------
@@ -88,27 +125,122 @@ class Source:
     uri: str  # what the user gave: a folder, a file or a manifest
     kind: str  # "listing" (a folder or file) or "manifest"
     root: Location  # the filesystem of `rows` (for a folder or file: that folder or file)
-    rows: pa.Table | None  # {path, size}, de-duplicated; None once taken
+    rows: pa.Table | None  # {path, size}, de-duplicated; None once taken (or while a listing goes on)
     skipped: int = 0  # files (or manifest rows) that are not images
     duplicates: int = 0  # rows of a manifest naming an image listed before
+    listing: "Listing | None" = None  # a folder's listing, going on in the background (`waves`)
 
     def take_rows(self) -> pa.Table | None:
         """The file rows, handed over: the Source keeps no reference (a manifest's can be large)."""
         rows, self.rows = self.rows, None
         return rows
 
+    def waves(self, head_start: float) -> Iterator[pa.Table]:
+        """The rows to label, in waves: a manifest's (or one file's) at once; a folder's first those
+        listed within `head_start` seconds (all of them if the listing ends first), then each time
+        what was listed meanwhile, at least twice the last wave (or the rest)."""
+        if self.listing is None:
+            yield self.take_rows()
+            return
+        wave = self.listing.take(math.inf, time.monotonic() + head_start)
+        while wave is not None:
+            size = wave.num_rows
+            yield wave
+            del wave
+            wave = self.listing.take(2 * size)
+        self.skipped = self.listing.skipped
+
 
 def open_source(source: str | None, manifest: str | None, s3_endpoint: str | None = None) -> Source:
     """The Source of a run from SOURCE or --manifest (exactly one); refuse what cannot be labeled."""
     if (source is None) == (manifest is None):
         raise InputError("give SOURCE (a folder, s3:// prefix or image file) or --manifest" + (", not both" if source else ""))
-    if manifest is not None:
-        return read_manifest(manifest, s3_endpoint)
-    from cgi2real.data import scan_image_files  # (imports torch: the manifest path does not need it)
+    return read_manifest(manifest, s3_endpoint) if manifest is not None else start_listing(source, s3_endpoint)
 
-    files = scan_image_files(source, s3_endpoint)
-    rows = pa.table({"path": list(files.paths), "size": list(files.sizes)}, schema=FILE_ROWS)
-    return Source(files.root.uri, "listing", files.root, rows, files.skipped)
+
+def list_images(uri: str, s3_endpoint: str | None = None) -> Source:
+    """The image files under a folder or s3:// prefix (or a single image file), sorted by path; refuse none."""
+    source = start_listing(uri, s3_endpoint)
+    if source.listing is not None:
+        source.rows = source.listing.take(math.inf)
+        source.skipped, source.listing = source.listing.skipped, None
+    return source
+
+
+def start_listing(uri: str, s3_endpoint: str | None = None) -> Source:
+    """The Source of a folder or s3:// prefix, its `listing` started in the background; of a single
+    file, its one row. Figure masks in `_masks/` folders are not images to label."""
+    root = locate(uri, s3_endpoint)
+    info = root.info()
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"source {root.uri} does not exist")
+    if info.type == pafs.FileType.File:
+        row = _file_rows([info])
+        if not image_mask(row.column("path"))[0].as_py():
+            raise InputError(f"source {root.uri} has no image files (1 other files); images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        return Source(root.uri, "listing", root, row)
+    return Source(root.uri, "listing", root, None, listing=Listing(root))
+
+
+class Listing:
+    """A folder being listed in a background thread (`storage.Location.walk`), its image rows taken
+    in waves while the listing goes on (`take`), so that labeling need not wait for its end."""
+
+    def __init__(self, root: Location):
+        self.root = root
+        self.listed = self.images = 0  # files listed so far, and image files among them
+        self.finished = False
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        threading.Thread(target=self._walk, name=f"listing {root.uri}", daemon=True).start()
+
+    @property
+    def skipped(self) -> int:
+        return self.listed - self.images
+
+    def _walk(self) -> None:
+        try:
+            for files in self.root.walk():
+                rows = _file_rows(files)
+                images = rows.filter(image_mask(rows.column("path")))
+                with self._changed:
+                    self._pending.append(images)
+                    self._pending_rows += images.num_rows
+                    self.listed, self.images = self.listed + len(files), self.images + images.num_rows
+                    self._changed.notify_all()
+        except BaseException as e:  # handed to the thread taking the rows
+            self._error = e
+        finally:
+            with self._changed:
+                self.finished = True
+                self._changed.notify_all()
+
+    def take(self, min_rows: float, deadline: float | None = None) -> pa.Table | None:
+        """The image rows listed since the last take (sorted by path), once there are `min_rows` of
+        them, or some and it is past `deadline` (time.monotonic), or the listing has ended; None
+        once all were taken. Refuses a folder without images."""
+        def ready() -> bool:
+            late = deadline is not None and time.monotonic() >= deadline and self._pending_rows > 0
+            return self.finished or self._pending_rows >= min_rows or late
+
+        with self._changed:
+            while not ready():
+                self._changed.wait(timeout=None if deadline is None else max(0.01, deadline - time.monotonic()))
+            if self._error is not None:
+                raise self._error
+            if self.finished and not self.images:
+                other = f" ({self.listed} other files)" if self.listed else ""
+                raise InputError(f"source {self.root.uri} has no image files{other}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+            if not self._pending_rows:
+                return None
+            rows, self._pending, self._pending_rows = pa.concat_tables(self._pending), [], 0
+        return rows.sort_by("path")
+
+
+def _file_rows(files: list[pafs.FileInfo]) -> pa.Table:
+    return pa.table({"path": [i.path for i in files], "size": [i.size for i in files]}, schema=FILE_ROWS)
 
 
 # --- Manifests ---------------------------------------------------------------------------------
@@ -141,17 +273,31 @@ def read_manifest(uri: str, s3_endpoint: str | None = None) -> Source:
         raise InputError(f"--manifest {location.uri} mixes s3:// URIs and local paths; give one kind per manifest")
     rows = pa.table({"path": pa.chunked_array(paths, pa.string()), "size": pa.chunked_array(sizes, pa.int64())})
     del paths, sizes
-    listed, distinct = rows.num_rows, len(pc.unique(rows.column("path")))  # a hash of the paths: half group_by's memory
-    if distinct < listed:
-        grouped = rows.group_by("path").aggregate([("size", "max")])
-        rows = pa.table({"path": grouped.column("path"), "size": grouped.column("size_max")})
-    unique, duplicates = rows.cast(FILE_ROWS), listed - distinct
+    unique = _deduplicated(rows).cast(FILE_ROWS)
+    duplicates = rows.num_rows - unique.num_rows
+    del rows
     pa.default_memory_pool().release_unused()  # the batches' buffers: the driver keeps only the paths
     if not unique.num_rows:
         raise InputError(f"--manifest {location.uri} lists no image files ({skipped} other rows); images end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
     first = unique.column("path")[0].as_py()
     root = locate("s3://" + first.split("/", 1)[0] if schemes == {"s3"} else "/", s3_endpoint)
     return Source(location.uri, "manifest", root, unique, skipped, duplicates)
+
+
+def _deduplicated(rows: pa.Table) -> pa.Table:
+    """One row per path (the largest size given). Checked one range of paths at a time, as a hash
+    of all the paths at once takes several times their own memory; without duplicates, `rows` as given."""
+    cuts = range_cuts([_sample(rows.column("path"))], rows.num_rows)
+    parts, duplicates = [], False
+    for low, high in zip([None, *cuts], [*cuts, None]):
+        part = _within(rows, low, high)
+        if pc.count_distinct(part.column("path")).as_py() < part.num_rows:
+            grouped, duplicates = part.group_by("path").aggregate([("size", "max")]), True
+            part = pa.table({"path": grouped.column("path"), "size": grouped.column("size_max")})
+        parts.append(part if duplicates else None)  # kept only once a copy is needed
+    if not duplicates:
+        return rows
+    return pa.concat_tables(part if part is not None else _within(rows, low, high) for part, low, high in zip(parts, [None, *cuts], [*cuts, None]))
 
 
 def _manifest_batches(location: Location, s3_endpoint: str | None):
@@ -173,7 +319,7 @@ def _manifest_batches(location: Location, s3_endpoint: str | None):
 
 def _parquet_batches(location: Location):
     with location.fs.open_input_file(location.path) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=DIFF_ROWS)
+        yield from pq.ParquetFile(f).iter_batches(batch_size=MANIFEST_BATCH_ROWS)
 
 
 def _csv_batches(location: Location, names: list[str] | None = None):

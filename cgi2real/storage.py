@@ -6,8 +6,13 @@ Nothing here ever prints a credential.
 """
 
 import functools
+import itertools
 import os
+import random
 import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -23,6 +28,12 @@ def resolve_endpoint(endpoint: str | None) -> str | None:
 
 # A request that sends nothing for this long is abandoned and retried (CGI2REAL_S3_TIMEOUT overrides).
 S3_REQUEST_TIMEOUT = 60.0
+# Our retries of a transient failure, on top of the S3 client's 3 tries per request: after
+# RETRY_SECONDS, then twice as long each time (with jitter).
+RETRY_SECONDS = 0.5
+LIST_ATTEMPTS = 4
+LIST_THREADS = 32  # folders listed at once (the time goes to waiting on S3, not to the CPU)
+LIST_DEPTH = 3  # levels listed one at a time, looking for LIST_THREADS folders to list whole
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,11 +95,34 @@ class Location:
 
     def list_files(self) -> list[pafs.FileInfo]:
         """Every file below this folder, recursively, sorted by path."""
+        return sorted((i for files in self.walk() for i in files), key=lambda i: i.path)
+
+    def walk(self) -> Iterator[list[pafs.FileInfo]]:
+        """The files below this folder, a folder (or a whole sub-tree) at a time, listed LIST_THREADS at once.
+
+        On S3 a request returns at most 1,000 keys, so one listing of a bucket of 10 million images
+        waits on 10,000 requests in turn. The top of the tree is listed a level at a time until it
+        has LIST_THREADS sub-folders (or LIST_DEPTH levels were listed); each of those is then
+        listed whole, all at once. Transient failures are retried (`list_folder`).
+        """
+        with ThreadPoolExecutor(LIST_THREADS) as pool:
+            folders = [self.path]
+            for _ in range(LIST_DEPTH):
+                if not folders or len(folders) >= LIST_THREADS:
+                    break
+                found = []
+                for infos in self._listed(pool, folders, recursive=False):
+                    yield [i for i in infos if i.type == pafs.FileType.File]
+                    found += [i.path for i in infos if i.type == pafs.FileType.Directory]
+                folders = found
+            for infos in self._listed(pool, folders, recursive=True):
+                yield [i for i in infos if i.type == pafs.FileType.File]
+
+    def _listed(self, pool: ThreadPoolExecutor, folders: list[str], recursive: bool) -> Iterator[list[pafs.FileInfo]]:
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+            yield from pool.map(functools.partial(list_folder, self.fs, recursive=recursive), folders)
         except OSError as e:
             raise InputError(f"cannot list {self.uri}: {first_line(e)}") from None
-        return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
     def read_bytes(self) -> bytes:
         return read_whole(self.fs, self.path)
@@ -122,6 +156,8 @@ def read_whole(fs: pafs.FileSystem, path: str, max_bytes: int | None = None) -> 
         return f.read()
 
 
+UNAVAILABLE = "unavailable"  # the reason of a read that failed transiently through every retry (data.read_file)
+
 # Failures that may pass if the request is made again: S3 throttling and 5xx answers, dropped
 # connections, timeouts (as the AWS SDK under pyarrow words them, and as Python raises them).
 _TRANSIENT = re.compile(
@@ -135,6 +171,28 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (FileNotFoundError, PermissionError, FileTooLarge)):
         return False
     return isinstance(error, (TimeoutError, ConnectionError)) or bool(_TRANSIENT.search(str(error)))
+
+
+def is_unavailable(error: str | None) -> bool:
+    """Whether an error reason is a transient read failure (no row: a rerun tries the file again)."""
+    return bool(error) and error.startswith(UNAVAILABLE + ":")
+
+
+def list_folder(fs: pafs.FileSystem, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
+    """A folder's entries (files and sub-folders; with `recursive`, everything below it), retrying
+    transient failures LIST_ATTEMPTS times with backoff (on top of the S3 client's own retries)."""
+    for attempt in itertools.count():
+        try:
+            return fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+        except OSError as e:
+            if not is_transient(e) or attempt + 1 == LIST_ATTEMPTS:
+                raise
+            backoff(attempt)
+
+
+def backoff(attempt: int) -> None:
+    """Wait before retry `attempt + 1` of a transient failure: RETRY_SECONDS, doubling, with jitter."""
+    time.sleep(RETRY_SECONDS * 2**attempt * random.uniform(0.5, 1.5))
 
 
 def check_bucket(location: Location, option: str) -> None:

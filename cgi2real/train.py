@@ -30,7 +30,7 @@ from cgi2real.checkpoints import (
     write_checkpoint,
 )
 from cgi2real.classes import composite_pairs
-from cgi2real.config import TrainConfig, from_dict
+from cgi2real.config import GEOMETRIES, LEGACY_GEOMETRY, TrainConfig, from_dict
 from cgi2real.data import (
     PASTE_BATCH,
     LabeledImages,
@@ -55,8 +55,9 @@ from cgi2real.model import (
     set_train_mode,
     set_trainable,
 )
-from cgi2real.presets import AUGMENTATIONS, GEOMETRIES, IMAGENET_MEAN, IMAGENET_STD, LEGACY_GEOMETRY, EvalPreset, TrainPreset
-from cgi2real.runtime import autocast, check_local_paths, failure_reason, model_input, say, start_ray
+from cgi2real.presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
+from cgi2real.device import autocast, model_input
+from cgi2real.runtime import check_local_paths, failure_reason, say, start_ray
 from cgi2real.storage import check_bucket, locate
 
 AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper

@@ -15,7 +15,8 @@ from cgi2real.cli import app
 from cgi2real.data import MASKS_FOLDER
 from cgi2real.device_preset import DevicePreset, device_orientation
 from cgi2real.model import build_model, load_model_package, package_config, save_model_package
-from cgi2real.presets import DEFAULT_GEOMETRY, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
+from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
+from cgi2real.config import DEFAULT_GEOMETRY
 
 
 def invoke(*args, code=0):

@@ -5,9 +5,10 @@ Requests pass through unchanged, except those for an object key given a fault:
 - "reset": send the headers and half the body, then reset the connection (RST);
 - "stall": wait `stall_seconds` before answering (longer than the client's timeout: it gives up).
 
-Each fault fires for a number of requests (`times`; None: until `clear()`), so a test chooses
-faults that clear within the client's retries or persist through a whole run. `hits` counts the
-faults served per key.
+A listing request (`?list-type=2&prefix=P`) is keyed "LIST bucket/P". Each fault fires for a
+number of requests (`times`; None: until `clear()`), so a test chooses faults that clear within
+the client's retries or persist through a whole run. `hits` counts the faults served per key.
+`latency` delays every request, as the network to a real S3 region would.
 """
 
 import http.client
@@ -17,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -28,9 +29,9 @@ SLOWDOWN_BODY = (
 class FaultProxy:
     """`with FaultProxy(upstream) as proxy:` serves on `proxy.endpoint` until the block ends."""
 
-    def __init__(self, upstream: str, stall_seconds: float = 30.0):
+    def __init__(self, upstream: str, stall_seconds: float = 30.0, latency: float = 0.0):
         self.upstream = urlsplit(upstream).netloc
-        self.stall_seconds = stall_seconds
+        self.stall_seconds, self.latency = stall_seconds, latency
         self.faults: dict[str, list] = {}  # "bucket/key" -> [kind, requests left or None]
         self.hits: Counter = Counter()
         self.lock = threading.Lock()
@@ -56,7 +57,11 @@ class FaultProxy:
             self.faults.clear()
 
     def fault_for(self, path: str) -> str | None:
-        key = unquote(urlsplit(path).path).lstrip("/")
+        url = urlsplit(path)
+        key = unquote(url.path).lstrip("/")
+        query = parse_qs(url.query)
+        if "list-type" in query:
+            key = f"LIST {key.rstrip('/')}/{query.get('prefix', [''])[0]}"
         with self.lock:
             fault = self.faults.get(key)
             if fault is None or fault[1] == 0:
@@ -76,6 +81,7 @@ def _handler(proxy: FaultProxy):
 
         def _forward(self) -> None:
             body = self._request_body()
+            time.sleep(proxy.latency)
             fault = proxy.fault_for(self.path)
             if fault == "slowdown":
                 return self._send(503, {"Content-Type": "application/xml"}, b"" if self.command == "HEAD" else SLOWDOWN_BODY, str(len(SLOWDOWN_BODY)))

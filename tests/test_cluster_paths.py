@@ -19,7 +19,7 @@ from cgi2real import label as labeling
 from cgi2real import train as training
 from cgi2real.config import LabelConfig, SynthConfig, TrainConfig
 from cgi2real.errors import InputError
-from cgi2real.label import Labeler
+from cgi2real.labeler import Labeler
 from cgi2real.model import load_model_package, read_model_package
 from cgi2real.synth import dataset
 from tests.conftest import S3_ENV, upload_folder

@@ -10,9 +10,10 @@ from PIL import Image
 
 from cgi2real.data import decode_for_labeling, read_for_device
 from cgi2real.device_preset import DevicePreset, device_orientation, draft_scale
-from cgi2real.label import Labeler
+from cgi2real.labeler import Labeler
 from cgi2real.model import read_model_package
-from cgi2real.presets import GEOMETRIES, EvalPreset
+from cgi2real.presets import EvalPreset
+from cgi2real.config import GEOMETRIES
 from tests.labeling import encode, image_files, make_package, write_zoo
 from tests.test_presets import exif_with_mistyped_tag
 

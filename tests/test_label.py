@@ -18,7 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cgi2real.data import read_image
 from cgi2real.errors import InputError
-from cgi2real.label import Labeler, LabelTable, LeaseLost, TableLease, TableWriter, to_table
+from cgi2real.label import LabelTable, LeaseLost, TableLease, TableWriter, to_table
+from cgi2real.labeler import Labeler
 from cgi2real.model import read_model_package
 from cgi2real.presets import EvalPreset
 from cgi2real.storage import Location, locate, s3_filesystem

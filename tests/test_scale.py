@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cgi2real.data import READ_ATTEMPTS, read_file
-from cgi2real.sources import drop_labeled, labeled_paths, read_manifest
+from cgi2real.errors import InputError
+from cgi2real.sources import drop_labeled, labeled_paths, list_images, read_manifest
 from cgi2real.storage import is_transient, locate, s3_filesystem
 from tests.conftest import upload_folder
 from tests.labeling import invoke, make_package, write_zoo
@@ -120,6 +121,49 @@ def test_faults_within_the_retries_change_nothing_and_lasting_ones_are_retried_b
 
 
 # --- Manifests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_s3_tree_is_listed_in_parallel_through_list_faults(proxy, s3_client):
+    """Location.walk: the top level, then each of its folders whole, LIST_THREADS at once; a list
+    request answered `503 SlowDown` past the S3 client's own 3 tries is retried."""
+    s3_client.create_bucket(Bucket="scale-tree")
+    keys = {"tree/top.jpg"} | {f"tree/f{i:02d}/{name}" for i in range(40) for name in ("a.jpg", "b.txt", "deep/c.jpg")}
+    for key in keys:
+        s3_client.put_object(Bucket="scale-tree", Key=key, Body=b"x")
+    flaky = "LIST scale-tree/tree/f07/"
+    proxy.add(flaky, "slowdown", times=4)
+    listed = [i.path for i in locate("s3://scale-tree/tree", proxy.endpoint).list_files()]
+    assert listed == sorted(f"scale-tree/{k}" for k in keys)
+    assert proxy.hits[flaky] == 4, dict(proxy.hits)
+    source = list_images("s3://scale-tree/tree", proxy.endpoint)
+    assert source.rows.num_rows == 81 and source.skipped == 40  # the .txt files
+    proxy.add(flaky, "slowdown")  # for good
+    with pytest.raises(InputError, match=r"^cannot list s3://scale-tree/tree: .*SLOW_DOWN"):
+        list_images("s3://scale-tree/tree", proxy.endpoint)
+    proxy.clear()
+
+
+@pytest.mark.slow
+def test_labeling_starts_while_a_slow_listing_goes_on(ray_cluster, proxy, s3_client, photos, package, tmp_path, monkeypatch):
+    """A listing still running after LISTING_HEAD_START: what it has found is labeled in a first
+    wave, the rest in later ones; the table ends up exactly as one wave would leave it."""
+    s3_client.create_bucket(Bucket="scale-waves")
+    images = [k for k in photos if k.endswith(".jpg") and "/zoo/" not in k]
+    for i, key in enumerate(images):  # one image per folder
+        body = s3_client.get_object(Bucket="scale-photos", Key=key)["Body"].read()
+        s3_client.put_object(Bucket="scale-waves", Key=f"tree/f{i:02d}/{os.path.basename(key)}", Body=body)
+    monkeypatch.setattr("cgi2real.storage.LIST_THREADS", 2)  # the top level, then its 12 folders two at a time
+    monkeypatch.setattr("cgi2real.label.LISTING_HEAD_START", 0.5)
+    proxy.latency = 0.5  # per request: the listing takes about 4 s
+    try:
+        output = invoke("label", "s3://scale-waves/tree", "--model", package, "--out", tmp_path / "waves", "--s3-endpoint", proxy.endpoint).stdout
+    finally:
+        proxy.latency = 0.0
+    assert "labeling those while the listing goes on" in output and "images listed so far; labeling the next" in output, output
+    assert f"{len(images)} images under s3://scale-waves/tree" in output
+    paths = pq.read_table(tmp_path / "waves").column("path").to_pylist()
+    assert sorted(paths) == sorted(f"s3://scale-waves/tree/f{i:02d}/{os.path.basename(k)}" for i, k in enumerate(images))
 
 
 def _paths(source) -> set[str]:

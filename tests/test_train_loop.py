@@ -156,3 +156,27 @@ def test_a_run_checkpointed_before_geometry_existed_resumes_as_the_center_crop_i
     for other in ("pad", "squash"):
         with pytest.raises(InputError, match=r"started with other settings \(--geometry\)"):
             check_resumable(checkpoint, locate(str(tmp_path)), replace(cfg, geometry=other))
+
+
+def test_failure_reason_finds_the_workers_own_error_wherever_ray_put_it():
+    from cgi2real.runtime import failure_reason
+
+    class RayWrapper(Exception):  # as Ray Train V2 reports a worker's failure: a dict of them, each with a cause
+        def __init__(self, message, failures):
+            super().__init__(message)
+            self.worker_failures = failures
+
+    ours = UnreadableImages("4 training images of epoch 1 could not be read")
+    nested = RuntimeError("RayTaskError(UnreadableImages)")
+    nested.cause = ours
+    assert failure_reason(RayWrapper("Training failed.", {0: nested}), UnreadableImages) == str(ours)
+    try:
+        try:
+            raise ours
+        except UnreadableImages as e:
+            raise RuntimeError("the controller gave up") from e
+    except RuntimeError as chained:
+        assert failure_reason(chained, UnreadableImages) == str(ours)
+    quoted = RuntimeError("Training failed.\nTraceback (most recent call last):\n  ...\ncgi2real.train.UnreadableImages: 4 of 24 could not be read\n")
+    assert failure_reason(quoted, UnreadableImages) == "4 of 24 could not be read"
+    assert failure_reason(RuntimeError("Worker group died.\nmore"), UnreadableImages) == "Worker group died."
