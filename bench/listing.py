@@ -9,6 +9,11 @@ Starts a moto S3 server on loopback behind the tests' proxy (`tests/s3_faults.py
 
     python bench/listing.py --folders 64 --keys-per-folder 2000 --latency 0.05
 
+With --label SECONDS it then labels the prefix (`cgi2real.label.run`, a random-init 75 px package;
+the keys are empty files, so every row is an `empty file` error and no time goes to decoding) with
+LISTING_HEAD_START set to SECONDS, and reports when the first results came against how long the
+listing took.
+
 moto answers each request in Python, one thread at a time, so it bounds what the fan-out gains
 here; on S3 the requests are served in parallel.
 """
@@ -17,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +31,10 @@ import pyarrow.fs as pafs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cgi2real import label  # noqa: E402
+from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.config import DEFAULT_GEOMETRY, LabelConfig  # noqa: E402
+from cgi2real.model import build_model, package_config, save_model_package  # noqa: E402
 from cgi2real.sources import list_images  # noqa: E402
 from cgi2real.storage import locate, s3_filesystem  # noqa: E402
 from tests.conftest import S3_ENV, _free_port  # noqa: E402
@@ -57,6 +67,17 @@ def fill(endpoint: str, folders: int, per_folder: int) -> int:
     return len(keys)
 
 
+def label_prefix(endpoint: str, head_start: float) -> "label.LabelSummary":
+    workdir = tempfile.mkdtemp(prefix="cgi2real-bench-listing-")
+    model = build_model(len(DEFAULT_CLASSES), 75, "none")
+    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), 75, DEFAULT_GEOMETRY), f"{workdir}/package")
+    label.LISTING_HEAD_START = head_start
+    cfg = LabelConfig(source=f"s3://{BUCKET}/photos", model=f"{workdir}/package", out=f"{workdir}/labels", s3_endpoint=endpoint)
+    summary = label.run(cfg)
+    print(label.format_summary(summary))
+    return summary
+
+
 def timed(fn) -> tuple[float, int]:
     start = time.monotonic()
     n = fn()
@@ -68,6 +89,7 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=64)
     parser.add_argument("--keys-per-folder", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every request")
+    parser.add_argument("--label", type=float, metavar="SECONDS", help="then label the prefix, with this LISTING_HEAD_START")
     args = parser.parse_args()
     os.environ.update(S3_ENV)
     server, endpoint = start_moto()
@@ -80,10 +102,15 @@ def main() -> None:
             serial_s, serial_n = timed(lambda: sum(i.type == pafs.FileType.File for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/photos", recursive=True))))
             walk_s, walk_n = timed(lambda: len(locate(f"s3://{BUCKET}/photos", proxy.endpoint).list_files()))
             rows_s, rows_n = timed(lambda: list_images(f"s3://{BUCKET}/photos", proxy.endpoint).rows.num_rows)
+            if args.label is not None:
+                summary = label_prefix(proxy.endpoint, args.label)
         assert serial_n == walk_n == rows_n == n, (serial_n, walk_n, rows_n, n)
         print(f"serial:   one recursive listing      {serial_s:6.2f} s  ({n / serial_s:,.0f} keys/s)")
         print(f"parallel: Location.list_files        {walk_s:6.2f} s  ({n / walk_s:,.0f} keys/s)  {serial_s / walk_s:.1f}x")
         print(f"parallel: sources.list_images (Arrow) {rows_s:5.2f} s  ({n / rows_s:,.0f} keys/s)  {serial_s / rows_s:.1f}x")
+        if args.label is not None:
+            print(f"label (head start {args.label:g} s): first results {summary.first_since_start:.1f} s after the run started "
+                  f"(listing alone: {rows_s:.1f} s); all {summary.labeled} rows after {summary.first_since_start - summary.first_seconds + summary.seconds:.1f} s")
     finally:
         server.terminate()
 

@@ -104,8 +104,9 @@ def checked_weights_ref(uri: str, s3_endpoint: str | None, config: dict):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)  # a local package is on this disk
-    error, weights = ray.remote(_checked_weights).options(num_returns=2, scheduling_strategy=here).remote(uri, s3_endpoint, config)
+    # On this node, as a local package is on this disk; no CPU reserved, as a head node may have none for tasks.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    error, weights = ray.remote(_checked_weights).options(num_returns=2, num_cpus=0, scheduling_strategy=here).remote(uri, s3_endpoint, config)
     if message := ray.get(error):
         raise InputError(message)
     return weights

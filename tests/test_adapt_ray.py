@@ -78,7 +78,7 @@ def test_too_few_or_unreadable_target_images_fail_in_one_line(ray_cluster, sourc
 def test_shot_resumes_after_a_kill(source_package, image_root, tmp_path):
     """Kill a real `adapt --method shot` after its first checkpoint; the rerun picks up from there."""
     data = tmp_path / "photos"
-    shutil.copytree(image_root(12, 96), data)
+    shutil.copytree(image_root(24, 96), data)
     (data / "horse" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped and counted
     out, storage = tmp_path / "adapted", tmp_path / "runs"
     command = [sys.executable, "-m", "cgi2real.cli", "adapt", "--model", source_package, "--data", str(data), "--out", str(out),
@@ -96,8 +96,8 @@ def test_shot_resumes_after_a_kill(source_package, image_root, tmp_path):
     source, adapted = load_model_package(source_package), load_model_package(str(out))
     record = adapted.config["adaptation"]
     assert record["method"] == "shot" and [e["epoch"] for e in record["epochs"]] == [1, 2]
-    assert record["images"] == 36 and record["unreadable"] == 1
-    assert all(sum(e["self_labels"].values()) == 36 for e in record["epochs"])
+    assert record["images"] == 72 and record["unreadable"] == 1
+    assert all(sum(e["self_labels"].values()) == 72 for e in record["epochs"])
     changed = changed_tensors(source.model.state_dict(), adapted.model.state_dict())
     assert "Mixed_7c.branch1x1.conv.weight" in changed and "Conv2d_1a_3x3.conv.weight" in changed
     assert not {"fc.weight", "fc.bias"} & changed
