@@ -469,7 +469,6 @@ class LabelSummary:
     first_seconds: float = 0.0  # until the first results arrived: actor start-up and one block
     first_rows: int = 0  # rows in that first arrival
     first_since_start: float = 0.0  # the first results, counted from the run's start (listing included)
-    duplicates: int = 0  # rows of a manifest naming an image listed before
     files_written: int = 0
 
     @property
@@ -532,7 +531,7 @@ def _label(cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelT
             labeling = labeling or Labeling(cfg, source, package, table, summary, todo.column("path")[0].as_py(), started)
             labeling.label(todo)
         del todo
-    summary.skipped, summary.duplicates = source.skipped, source.duplicates
+    summary.skipped = source.other_files
     if wave > 0:  # the totals, now that the listing has ended
         _say_what_is_labeled(source, summary, None, False)
     return labeling.finish() if labeling else summary
@@ -543,7 +542,7 @@ def _say_what_is_labeled(source: Source, s: "LabelSummary", todo: int | None, li
     if listing:
         print(f"listing {source.uri}: {s.images} images within {LISTING_HEAD_START:g} s; labeling those while the listing goes on", flush=True)
         return
-    skipped = source.listing.skipped if source.listing is not None else source.skipped
+    skipped = source.other_files
     print(
         f"{s.images} images " + (f"in manifest {source.uri}" if manifest else f"under {source.uri}")
         + (f" ({skipped} other {'rows' if manifest else 'files'} skipped)" if skipped else "")

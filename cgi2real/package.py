@@ -1,4 +1,4 @@
-"""Model package files, read and checked without torch: config.json and the safetensors bytes.
+"""Model package files, read and checked without torch: config.json and the weights' hash.
 
 A model package is a folder, local or s3://, holding `model.safetensors` (the unwrapped state
 dict) and `config.json` (architecture, classes in order, image size, mean/std, geometry, training
@@ -8,7 +8,6 @@ A labeling driver needs only this side, so it never imports torch (about 500 MB 
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 
 from cgi2real.config import GEOMETRIES, LEGACY_GEOMETRY
@@ -21,7 +20,6 @@ PACKAGE_VERSION = 2  # 2: `geometry` recorded (version 1 packages center-crop)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CONFIG_KEYS = ("arch", "classes", "image_size", "mean", "std", "aux_logits", "transform_input", "weights_sha256")
-MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on its JSON header
 
 
 @dataclass
@@ -103,18 +101,7 @@ def read_package_config(folder: Location) -> dict:
 
 
 def check_weights(config: dict, weights: bytes, where: str) -> None:
-    """Refuse weights that are not the config's (SHA-256) or not a safetensors file (its JSON header).
-
-    Whether the tensors fit the architecture needs the network: `model.package_from_bytes` checks that.
-    """
+    """Refuse weights that are not the config's (SHA-256). Whether they are a safetensors file that
+    fits the architecture needs the network: `model.package_from_bytes` checks that."""
     if hashlib.sha256(weights).hexdigest() != config["weights_sha256"]:
         raise InputError(f"model package {where}: {WEIGHTS_FILE} does not match the SHA-256 in {CONFIG_FILE} (modified or corrupt)")
-    try:
-        (length,) = struct.unpack("<Q", weights[:8])
-        if not 0 < length <= min(MAX_HEADER_BYTES, len(weights) - 8):
-            raise ValueError(f"header length {length} does not fit a file of {len(weights)} bytes")
-        header = json.loads(weights[8 : 8 + length])
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except (struct.error, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InputError(f"model package {where}: {WEIGHTS_FILE} is not a safetensors file ({first_line(e)})") from None

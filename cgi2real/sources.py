@@ -76,7 +76,7 @@ def drop_labeled(rows: pa.Table, scheme: str, done: pa.ChunkedArray) -> pa.Table
     labeled = pa.table({"path": done})
     prefix = len("s3://") if scheme == "s3" else 0  # row paths are bucket/key on S3: the prefix does not change the order
     kept = []
-    for low, high in zip([None, *cuts], [*cuts, None]):
+    for low, high in _ranges(cuts):
         part = _within(rows, low and low[prefix:], high and high[prefix:])
         known = pc.is_in(uris_of(part.column("path"), scheme), value_set=_within(labeled, low, high).column("path"))
         kept.append(part.filter(pc.invert(known)))
@@ -92,6 +92,11 @@ def range_cuts(samples: list[pa.Array], values: int) -> list[str]:
     drawn = pc.unique(pa.chunked_array(samples, pa.string()))
     drawn = pc.take(drawn, pc.sort_indices(drawn)).to_pylist()
     return sorted({drawn[len(drawn) * k // ranges] for k in range(1, ranges)})
+
+
+def _ranges(cuts: list[str]) -> list[tuple[str | None, str | None]]:
+    """(low, high) bounds of the ranges `cuts` make; None: unbounded."""
+    return list(zip([None, *cuts], [*cuts, None]))
 
 
 def _sample(values: pa.Array | pa.ChunkedArray, n: int = 4096) -> pa.Array:
@@ -148,7 +153,11 @@ class Source:
             yield wave
             del wave
             wave = self.listing.take(2 * size)
-        self.skipped = self.listing.skipped
+
+    @property
+    def other_files(self) -> int:
+        """Files (or manifest rows) that are not images: so far, while a listing goes on."""
+        return self.listing.skipped if self.listing is not None else self.skipped
 
 
 def open_source(source: str | None, manifest: str | None, s3_endpoint: str | None = None) -> Source:
@@ -285,19 +294,17 @@ def read_manifest(uri: str, s3_endpoint: str | None = None) -> Source:
 
 
 def _deduplicated(rows: pa.Table) -> pa.Table:
-    """One row per path (the largest size given). Checked one range of paths at a time, as a hash
-    of all the paths at once takes several times their own memory; without duplicates, `rows` as given."""
-    cuts = range_cuts([_sample(rows.column("path"))], rows.num_rows)
-    parts, duplicates = [], False
-    for low, high in zip([None, *cuts], [*cuts, None]):
-        part = _within(rows, low, high)
-        if pc.count_distinct(part.column("path")).as_py() < part.num_rows:
-            grouped, duplicates = part.group_by("path").aggregate([("size", "max")]), True
-            part = pa.table({"path": grouped.column("path"), "size": grouped.column("size_max")})
-        parts.append(part if duplicates else None)  # kept only once a copy is needed
-    if not duplicates:
+    """One row per path (the largest size given); `rows` as given when no path repeats. Checked one
+    range of paths at a time, as a hash of all the paths at once takes several times their memory."""
+    bounds = _ranges(range_cuts([_sample(rows.column("path"))], rows.num_rows))
+    if all(_distinct(_within(rows, low, high)) for low, high in bounds):
         return rows
-    return pa.concat_tables(part if part is not None else _within(rows, low, high) for part, low, high in zip(parts, [None, *cuts], [*cuts, None]))
+    grouped = [_within(rows, low, high).group_by("path").aggregate([("size", "max")]) for low, high in bounds]
+    return pa.concat_tables(pa.table({"path": g.column("path"), "size": g.column("size_max")}) for g in grouped)
+
+
+def _distinct(rows: pa.Table) -> bool:
+    return pc.count_distinct(rows.column("path")).as_py() == rows.num_rows
 
 
 def _manifest_batches(location: Location, s3_endpoint: str | None):
