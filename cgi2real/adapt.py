@@ -32,6 +32,7 @@ from cgi2real.data import ImageFiles, decode_for_labeling, load_training_batch, 
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.model import WEIGHTS_FILE, ModelPackage, package_from_bytes, read_model_package, save_model_package
 from cgi2real.presets import TrainPreset, normalize
+from cgi2real.progress import RemoteProgress, counted
 from cgi2real.device import autocast
 from cgi2real.runtime import check_local_paths, failure_reason, node_cpus, say, start_ray
 from cgi2real.storage import check_bucket, locate
@@ -101,7 +102,7 @@ def mix_bn_statistics(model: nn.Module, source: dict[str, torch.Tensor], mix: fl
                 target.mul_(mix).add_(source[f"{name}.{buffer}"].to(target.device), alpha=1 - mix)
 
 
-def bn_task(config: dict, weights, dataset, cfg: dict, use_gpu: bool) -> tuple[bytes, int, int, float]:
+def bn_task(config: dict, weights, dataset, cfg: dict, use_gpu: bool, reporter=None) -> tuple[bytes, int, int, float]:
     """Ray task: the source package's model with target statistics.
 
     Returns (safetensors bytes, images used, unreadable, seconds from the first batch to the last,
@@ -117,7 +118,7 @@ def bn_task(config: dict, weights, dataset, cfg: dict, use_gpu: bool) -> tuple[b
     model = package.model.to(device)
     source = {k: v.clone() for k, v in model.state_dict().items()}
     arrivals = []
-    batches = _noting_arrivals(dataset.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=2), arrivals)
+    batches = counted(_noting_arrivals(dataset.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=2), arrivals), reporter)
     used, bad = estimate_bn_statistics(model, batches, device, package.mean, package.std)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -313,7 +314,7 @@ def freeze_classifier(model: nn.Module) -> list[nn.Parameter]:
 
 
 def shot_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker: config = {"cfg", "package" (config), "weights" (ObjectRef), "images"}."""
+    """Runs on every Ray Train worker: config = {"cfg", "package" (config), "weights" (ObjectRef), "images", "progress" (a ProgressReporter)}."""
     import ray
     import ray.train
     import ray.train.torch
@@ -325,6 +326,8 @@ def shot_loop_per_worker(config: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed)
+    progress, scale = (config.get("progress") if rank == 0 else None), context.get_world_size()
+    tell = progress.say if progress else say  # the driver may not show a worker's own output
     package = package_from_bytes(config["package"], ray.get(config["weights"]), "source model")
     model = package.model
     checkpoint = ray.train.get_checkpoint()
@@ -344,12 +347,17 @@ def shot_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, prior = state["epoch"] + 1, state["history"], state["prior"]
         if rank == 0:
-            say(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
+            tell(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
     parallel_model = ray.train.torch.prepare_model(model)
     target, train = ray.train.get_dataset_shard("target"), ray.train.get_dataset_shard("train")
     mean, std = package.mean, package.std
+    if progress:  # an epoch passes over the images twice: self-labels, then training
+        progress.restart(start_epoch * 2 * config["images"])
     for epoch in range(start_epoch, cfg.epochs):
-        features, probs, indices, bad = predict_target(model, tap, target.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=2), device, mean, std)
+        if progress:
+            progress.note(f"epoch {epoch + 1}/{cfg.epochs}")
+        target_batches = counted(target.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=2), progress, scale)
+        features, probs, indices, bad = predict_target(model, tap, target_batches, device, mean, std)
         readable = int(_all_reduce_sum(torch.tensor(len(indices), device=device)))
         if readable < MIN_IMAGES:
             raise TooFewImages(f"only {readable} target images could be read and decoded (at least {MIN_IMAGES} are needed)")
@@ -358,14 +366,14 @@ def shot_loop_per_worker(config: dict) -> None:
             uniform = torch.full((k,), 1 / k, device=device)
             prior = (uniform if cfg.prior == "uniform" else (1 - PRIOR_UNIFORM_SHARE) * estimate_prior(probs, reduce=_all_reduce_sum) + PRIOR_UNIFORM_SHARE * uniform).tolist()
             if rank == 0 and cfg.prior == "estimated":
-                say("estimated class shares of the target: " + ", ".join(f"{c} {p:.2f}" for c, p in zip(package.classes, prior)))
+                tell("estimated class shares of the target: " + ", ".join(f"{c} {p:.2f}" for c, p in zip(package.classes, prior)))
         labels = torch.full((config["images"],), -1, dtype=torch.long, device=device)
         labels[indices] = centroid_labels(features, probs, reduce=_all_reduce_sum)
         labels = _all_reduce_max(labels)
         agree = int(_all_reduce_sum((labels[indices] == probs.argmax(dim=1)).sum()))
         del features, probs
         lr = optimizer.param_groups[0]["lr"]
-        batches = train.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, prefetch_batches=2)  # a 1-image batch breaks BatchNorm
+        batches = counted(train.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, prefetch_batches=2), progress, scale)  # drop_last: a 1-image batch breaks BatchNorm
         stats = shot_epoch(parallel_model, optimizer, batches, labels, device, cfg, mean, std, torch.tensor(prior, device=device))
         scheduler.step()
         unreadable = int(_all_reduce_sum(torch.tensor(bad, device=device)))
@@ -378,7 +386,7 @@ def shot_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 write_checkpoint(folder, model, optimizer, scheduler, state)
-                say(format_epoch(metrics))
+                tell(format_epoch(metrics))
             report = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report(metrics, checkpoint=report, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
 
@@ -544,7 +552,8 @@ def _adapt_bn(cfg: AdaptConfig, sources, package: ModelPackage, config: dict, we
 
     dataset = target_dataset(sources, package.eval_preset())
     task = ray.remote(bn_task).options(num_cpus=1, num_gpus=1 if use_gpu else 0)
-    data, used, bad, streaming = ray.get(task.remote(config, ray.put(weights), dataset, asdict(cfg), use_gpu))
+    with RemoteProgress("measuring statistics", sum(len(f) for f in sources)) as progress:
+        data, used, bad, streaming = ray.get(task.remote(config, ray.put(weights), dataset, asdict(cfg), use_gpu, progress.reporter()))
     if used < MIN_IMAGES:
         raise InputError(f"only {used} target images could be read and decoded ({bad} could not); adaptation needs at least {MIN_IMAGES}")
     print(f"BatchNorm statistics of {used} images ({bad} unreadable skipped), blended {cfg.bn_mix:g} into the source's", flush=True)
@@ -564,13 +573,25 @@ def shot_run(cfg: AdaptConfig):
 
 def _adapt_shot(cfg: AdaptConfig, storage, name: str, sources, package: ModelPackage, config: dict, weights: bytes, use_gpu: bool) -> tuple[dict, int, int, list]:
     import ray
+
+    images = sum(len(f) for f in sources)
+    with RemoteProgress("adapting", cfg.epochs * 2 * images) as progress:
+        result = _fit_shot(cfg, storage, name, sources, package, use_gpu, {
+            "cfg": asdict(cfg), "package": config, "weights": ray.put(weights), "images": images, "progress": progress.reporter(),
+        })
+    history = checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
+    state = checkpoint_file(result.checkpoint, WEIGHTS_FILE, load_safetensors)
+    last = history[-1]
+    return state, last["readable"], last["unreadable"], history
+
+
+def _fit_shot(cfg: AdaptConfig, storage, name: str, sources, package: ModelPackage, use_gpu: bool, loop_config: dict):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    images = sum(len(f) for f in sources)
     trainer = TorchTrainer(
         shot_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "package": config, "weights": ray.put(weights), "images": images},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage.path, storage_filesystem=storage.fs,
@@ -584,13 +605,9 @@ def _adapt_shot(cfg: AdaptConfig, storage, name: str, sources, package: ModelPac
         },
     )
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise RunFailed(f"adaptation failed: {failure_reason(e, TooFewImages)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
-    history = checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
-    state = checkpoint_file(result.checkpoint, WEIGHTS_FILE, load_safetensors)
-    last = history[-1]
-    return state, last["readable"], last["unreadable"], history
 
 
 # Settings that may change when an adaptation resumes.

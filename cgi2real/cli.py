@@ -13,6 +13,7 @@ import typer
 from cgi2real.classes import parse_classes
 from cgi2real.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig
 from cgi2real.errors import InputError, RunFailed
+from cgi2real.progress import VERBOSE_ENV
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 
@@ -20,6 +21,14 @@ S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 end
 AbstainBelow = Annotated[Optional[float], typer.Option(help="Leave images whose top probability is below this unlabeled: label null, error 'low confidence' (evaluate: accuracy and coverage of the rest).")]
 Gpu = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when present).")]
 GEOMETRY_HELP = "How pictures become square input: crop (center square), pad (whole picture, letterboxed) or squash (whole picture, stretched)"
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own messages and warnings too (or set CGI2REAL_VERBOSE=1).")] = False,
+):
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def _fails_cleanly(command):
@@ -74,7 +83,7 @@ def train(
     lr_head: Annotated[float, typer.Option(help="Learning rate of the head stage.")] = 1e-3,
     lr_finetune: Annotated[float, typer.Option(help="Peak learning rate of fine-tuning (cosine to 0).")] = 1e-4,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.1,
-    augment: Annotated[str, typer.Option(help="basic (the reference notebook's) or real (+ blur, noise, JPEG, grayscale).")] = "real",
+    augment: Annotated[str, typer.Option(help="light (crops and flips), basic (+ the reference notebook's rotation, shift, shear, colour) or real (+ blur, noise, JPEG, grayscale).")] = "real",
     background_prob: Annotated[float, typer.Option(help="Share of images with figure masks put on a random background.")] = 0.5,
     paste_prob: Annotated[float, typer.Option(help="Share of horse/human images that get a masked figure of the other pasted in (-> both).")] = 0.25,
     class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting", help="Weight the loss against class imbalance.")] = True,
@@ -231,6 +240,34 @@ def summary(
 
 @app.command()
 @_fails_cleanly
+def review(
+    table: Annotated[str, typer.Argument(help="A label table written by `cgi2real label` (folder or s3:// prefix).")],
+    out: Annotated[str, typer.Option("--out", help="Folder for index.html, its thumbnails and plots (opens from disk, no server).")],
+    per_class: Annotated[int, typer.Option(help="Thumbnails drawn at random per class.")] = 24,
+    lowest: Annotated[int, typer.Option(help="Least confident labeled images shown, with every class's probability.")] = 48,
+    errors: Annotated[int, typer.Option(help="Error rows shown (drawn at random when there are more).")] = 48,
+    seed: Annotated[int, typer.Option(help="Seed of the random draws.")] = 0,
+    s3_endpoint: S3Endpoint = None,
+):
+    """Write a static web page to look at a label table: counts, confidence histograms, sample thumbnails, the least confident, errors."""
+    from cgi2real import review as reviewing
+    from cgi2real.config import ReviewConfig
+
+    shown = reviewing.run(ReviewConfig(table=table, out=out, per_class=per_class, lowest=lowest, errors=errors, seed=seed, s3_endpoint=s3_endpoint))
+    typer.echo(labeling_counts(shown))
+    placeholders = f" ({shown['placeholders']} images could not be read: placeholders)" if shown["placeholders"] else ""
+    typer.echo(f"review page: {shown['page']}{placeholders}")
+
+
+def labeling_counts(summary: dict) -> str:
+    """One line: rows, then rows per class and errors."""
+    errors = sum(summary["errors"].values())
+    classes = ", ".join(f"{name} {c['rows']}" for name, c in summary["per_class"].items())
+    return f"{summary['rows']} rows: {classes}, errors {errors}"
+
+
+@app.command()
+@_fails_cleanly
 def info(
     package: Annotated[str, typer.Argument(help="Model package (folder or s3:// prefix).")],
     s3_endpoint: S3Endpoint = None,
@@ -292,13 +329,14 @@ def synth(
     seed: Annotated[int, typer.Option(help="Image i of a class is rendered from seed * 1000003 + i.")] = 0,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated subset of both,horse,human.")] = None,
     masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Also write figure masks to OUT/_masks/ (for training; not needed for images to label).")] = True,
+    scenes: Annotated[str, typer.Option(help="photo: framed and furnished like photographs; simple: whole figures in an open field (easy: demos, smoke tests).")] = "photo",
     s3_endpoint: S3Endpoint = None,
 ):
     """Render CGI images of horses, people and both into class folders, as a Ray Data job."""
     from cgi2real.config import SynthConfig
     from cgi2real.synth import dataset
 
-    counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), masks=masks, s3_endpoint=s3_endpoint))
+    counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), masks=masks, scenes=scenes, s3_endpoint=s3_endpoint))
     rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
     typer.echo(f"wrote {counts['written']} images{rate}, {counts['already']} were there; {counts['redrawn_camera']} needed another camera, {counts['not_visible']} kept a figure below the visibility bar")
     for label, c in counts.get("coverage", {}).items():
@@ -338,48 +376,17 @@ def submit(
 @app.command()
 @_fails_cleanly
 def demo(
-    workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package, report and label table.")] = "demo",
-    # Many images for few epochs: from scratch, fresh images teach more per step than repeats.
-    per_class: Annotated[int, typer.Option(help="Rendered training images per class.")] = 800,
-    render_size: Annotated[int, typer.Option(help="Rendered image side in px.")] = 96,
-    image_size: Annotated[int, typer.Option(help="Training input size in px.")] = 75,
-    epochs: Annotated[int, typer.Option(help="Training epochs (from scratch, whole network).")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
+    workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package, report, label table and review page.")] = "demo",
+    weights: Annotated[str, typer.Option(help="none: from scratch on simple renders (offline); imagenet: torchvision's ImageNet weights, fine-tuned on photo-like renders.")] = "none",
+    per_class: Annotated[Optional[int], typer.Option(help="Rendered training images per class (default 300; imagenet 200).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default 8; imagenet 1 head + 2 fine-tuning).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
 ):
-    """Render images, train from scratch on local Ray, evaluate, label fresh images: the whole path, offline."""
-    from cgi2real import evaluate as evaluation
-    from cgi2real import label as labeling
-    from cgi2real import train as training
-    from cgi2real.config import SynthConfig
-    from cgi2real.synth import dataset
+    """Render images, train on local Ray, evaluate, label fresh images and write their review page: the whole path, offline."""
+    from cgi2real import demo as demonstration
 
-    root = os.path.abspath(workdir)
-    data = {split: os.path.join(root, "data", split) for split in ("train", "test", "unlabeled")}
-    small = max(per_class // 10, 10)
-    for split, count, seed in (("train", per_class, 0), ("test", small, 1), ("unlabeled", small, 2)):
-        typer.echo(f"[1/4] {count} images per class in {data[split]}")
-        dataset.run(SynthConfig(out=data[split], per_class=count, size=render_size, seed=seed, masks=split != "unlabeled"))
-    package = os.path.join(root, "model")
-    typer.echo(f"[2/4] training ({epochs} epochs at {image_size} px, {workers} worker(s))")
-    summary = training.run(
-        TrainConfig(
-            data=(data["train"],), out=package, weights="none", image_size=image_size,
-            epochs_head=0, epochs_finetune=epochs, unfreeze_from="Conv2d_1a_3x3", lr_finetune=1e-3,
-            batch_size=batch_size, workers=workers, storage=os.path.join(root, "runs"), name="demo",
-        )
-    )
-    typer.echo("[3/4] evaluating on fresh images")
-    report_dir = os.path.join(root, "report")
-    result = evaluation.run(EvalConfig(model=package, data=(data["test"],), out=report_dir))
-    typer.echo(evaluation.format_reports(result["datasets"]))
-    accuracy = next(iter(result["datasets"].values()))["accuracy"]
-    typer.echo(f"[4/4] labeling {data['unlabeled']} into a Parquet table")
-    table = os.path.join(root, "labels")
-    _refuse_unavailable(labeling.run(LabelConfig(source=data["unlabeled"], model=package, out=table)))
-    typer.echo(labeling.format_table_summary(labeling.summarize_table(table)))
-    typer.echo(f"test accuracy {accuracy:.3f} (best val acc {summary.best['val_acc']:.3f} at epoch {summary.best_epoch})")
-    typer.echo(f"model package: {package}\nreport:        {os.path.join(report_dir, 'report.json')}\nlabel table:   {table}")
+    demonstration.run(demonstration.DemoConfig(workdir=workdir, weights=weights, per_class=per_class, epochs=epochs, batch_size=batch_size, workers=workers), echo=typer.echo)
 
 
 def main(argv: list[str] | None = None) -> None:

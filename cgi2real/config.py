@@ -112,6 +112,17 @@ class LabelConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    table: str  # the label table: a folder or s3:// prefix written by `cgi2real label`
+    out: str  # folder (or s3:// prefix) for index.html, its thumbnails and plots
+    per_class: int = 24  # thumbnails drawn at random per class
+    lowest: int = 48  # least confident labeled rows shown, with every class's probability
+    errors: int = 48  # error rows shown (drawn at random when there are more)
+    seed: int = 0  # seed of the random draws
+    s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     out: str  # folder or s3:// prefix; images go to out/<class>/
     per_class: int  # images per class
@@ -119,6 +130,7 @@ class SynthConfig:
     seed: int = 0  # image i of a class is rendered from seed * 1_000_003 + i
     classes: tuple[str, ...] = DEFAULT_CLASSES  # any of both, horse, human
     masks: bool = True  # also write figure masks to out/_masks/ (training uses them)
+    scenes: str = "photo"  # photo (framed and furnished like photographs) or simple (whole figures in an open field)
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
 

@@ -6,20 +6,19 @@ a glance. Decoding runs on a thread pool (PIL releases the GIL); the forward pas
 with the training code's input path (`runtime.model_input`, `runtime.autocast`).
 """
 
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from cgi2real.config import GEOMETRIES, EvalConfig
 from cgi2real.data import LabeledImages, load_image_batch, scan_labeled_dataset
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.label import check_abstain_below
 from cgi2real.model import load_model_package
+from cgi2real.plots import confusion_png, reliability_png
 from cgi2real.presets import EvalPreset
 from cgi2real.storage import first_line, locate
 from cgi2real.device import autocast, model_input
@@ -147,60 +146,6 @@ def format_reports(reports: dict[str, dict]) -> str:
             cells.append(f"{m['precision']:.2f} / {m['recall']:.2f} / {m['f1']:.2f} ({m['support']})".rjust(width))
         lines.append(c[:18].ljust(18) + "".join(cells))
     return "\n".join(lines)
-
-
-def confusion_png(report: dict, title: str) -> bytes:
-    """A confusion-matrix picture (rows: true class, columns: predicted), as PNG bytes."""
-    classes, matrix = report["classes"], np.asarray(report["confusion"])
-    cell, left, top = 80, 110, 90
-    k = len(classes)
-    font = ImageFont.load_default(size=14)
-    width = max(left + cell * k + 20, int(font.getlength(title)) + 20)
-    img = Image.new("RGB", (width, top + cell * k + 40), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 8), title, fill="black", font=font)
-    draw.text((10, 28), f"accuracy {report['accuracy']:.3f}, {report['n']} images", fill="black", font=font)
-    draw.text((left, top - 22), "predicted", fill="gray", font=font)
-    draw.text((10, top - 22), "true", fill="gray", font=font)
-    row_totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
-    for i in range(k):
-        draw.text((10, top + i * cell + cell // 2 - 8), classes[i][:12], fill="black", font=font)
-        draw.text((left + i * cell + 8, top + k * cell + 8), classes[i][:10], fill="black", font=font)
-        for j in range(k):
-            share = matrix[i, j] / row_totals[i, 0]
-            shade = int(255 - 200 * share)
-            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 2, top + (i + 1) * cell - 2]
-            draw.rectangle(box, fill=(shade, shade, 255))
-            draw.text((box[0] + cell // 2 - 12, box[1] + cell // 2 - 8), str(matrix[i, j]), fill="white" if share > 0.6 else "black", font=font)
-    buffer = io.BytesIO()
-    img.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def reliability_png(report: dict, title: str) -> bytes:
-    """A reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration."""
-    size, left, top = 300, 50, 60
-    font = ImageFont.load_default(size=14)
-    img = Image.new("RGB", (left + size + 30, top + size + 60), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 8), title, fill="black", font=font)
-    draw.text((10, 28), f"ECE {report['ece']:.3f}, {report['n']} images; bars: accuracy per confidence bin", fill="black", font=font)
-    x = lambda v: left + v * size  # noqa: E731
-    y = lambda v: top + (1 - v) * size  # noqa: E731
-    most = max((b["n"] for b in report["calibration"]), default=1) or 1
-    for b in report["calibration"]:
-        if b["n"]:
-            draw.rectangle([x(b["low"]) + 1, y(b["accuracy"]), x(b["high"]) - 1, y(0)], fill=(90, 110, 230))
-            draw.rectangle([x(b["low"]) + 1, y(0) + 4, x(b["high"]) - 1, y(0) + 4 + 10 * b["n"] / most], fill=(170, 170, 170))
-    draw.line([x(0), y(0), x(1), y(1)], fill=(220, 60, 60), width=2)
-    draw.rectangle([x(0), y(1), x(1), y(0)], outline="black")
-    for v in (0, 0.5, 1):
-        draw.text((x(v) - 8, y(0) + 22), f"{v:g}", fill="black", font=font)
-        draw.text((left - 30, y(v) - 8), f"{v:g}", fill="black", font=font)
-    draw.text((x(0.3), y(0) + 40), "confidence (gray: images per bin)", fill="gray", font=font)
-    buffer = io.BytesIO()
-    img.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def run(cfg: EvalConfig) -> dict:

@@ -39,6 +39,7 @@ import cgi2real
 from cgi2real.config import LabelConfig
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.package import PackageInfo, read_package_info
+from cgi2real.progress import Progress
 from cgi2real.runtime import check_local_paths, node_cpus, start_ray
 from cgi2real.sources import Source, drop_labeled, file_blocks, labeled_paths, open_source
 from cgi2real.storage import Location, first_line, is_unavailable, locate
@@ -54,7 +55,8 @@ TMP_PREFIX, TMP_SUFFIX = "_tmp-", ".tmp"
 LEASE_NAME = "_lease.json"  # the table's lock object (TableLease)
 LEASE_HEARTBEAT_SECONDS = 15.0  # the holder renews the lease this often
 LEASE_STALE_SECONDS = 120.0  # a lease not renewed for this long belongs to a dead run: --force breaks it
-PROGRESS_SECONDS = 10.0
+# Rows per Parquet row group: `review` reads the groups that hold the rows it shows, not whole files.
+ROW_GROUP_ROWS = 16_384
 LISTING_HEAD_START = 10.0  # seconds a folder is listed before labeling starts, if its listing has not ended by then
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
 # Model replicas sharing one GPU, by where JPEGs are decoded: while one replica frames pictures or
@@ -89,10 +91,13 @@ def _eval_preset(image_size: int, geometry: str):
 class LabelerActor:
     """`labeler.Labeler` as Ray Data's actor class: the same constructor and call, imported in the actor."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, weights: list, **kwargs):
         from cgi2real.labeler import Labeler
 
-        self.labeler = Labeler(**kwargs)
+        # [ObjectRef]: wrapped, so that Ray hands the actor the reference and the actor fetches it.
+        # A bare reference is resolved by Ray as a constructor argument "in the object store",
+        # about which Ray prints an error-level notice on the console of every run.
+        self.labeler = Labeler(weights=weights[0], **kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.labeler(batch)
@@ -249,7 +254,7 @@ class LabelTable:
         self.written += 1
         name = f"{PART_PREFIX}{self.run_id}-{self.written:05d}.parquet"
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         final = self.folder.child(name)
         if self.folder.scheme == "s3":
             final.write_bytes(sink.getvalue().to_pybytes())
@@ -518,6 +523,16 @@ def _label(cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelT
     done = labeled_paths(table.folder.fs, parts)  # Arrow strings: ~60 MB per million paths
     summary = LabelSummary(source.uri, table.folder.uri)
     started, labeling = time.monotonic(), None
+    try:
+        labeling = _label_waves(cfg, source, package, table, summary, done, started)
+    finally:
+        if labeling is not None:
+            labeling.progress.close()
+    return labeling.finish() if labeling else summary
+
+
+def _label_waves(cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelTable, summary: "LabelSummary", done, started: float) -> "Labeling | None":
+    labeling = None
     for wave, rows in enumerate(source.waves(LISTING_HEAD_START)):
         todo = drop_labeled(rows, source.root.scheme, done)  # the set difference, in Arrow
         summary.images, summary.already = summary.images + rows.num_rows, summary.already + rows.num_rows - todo.num_rows
@@ -534,7 +549,7 @@ def _label(cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelT
     summary.skipped = source.other_files
     if wave > 0:  # the totals, now that the listing has ended
         _say_what_is_labeled(source, summary, None, False)
-    return labeling.finish() if labeling else summary
+    return labeling
 
 
 def _say_what_is_labeled(source: Source, s: "LabelSummary", todo: int | None, listing: bool) -> None:
@@ -579,27 +594,27 @@ class Labeling:
         self.writer = TableWriter(table, source.root, package.classes, package.model_id, cfg.rows_per_file, cfg.commit_seconds, cfg.abstain_below)
         self.expected = 0
         self.start = time.monotonic()
+        self.progress = Progress("labeling", 0).__enter__()
 
     def label(self, todo: pa.Table) -> None:
         import ray
 
         writer, summary = self.writer, self.summary
         self.expected += todo.num_rows
+        self.progress.add_total(todo.num_rows)
         ds = labeling_dataset(ray.data.from_arrow(file_blocks(todo)), self.source.root.fs, self.package, self.weights, self.plan)
-        last_report = time.monotonic()
         try:
             with _sigterm_as_interrupt():
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    before = writer.rows + writer.unavailable
                     writer.add(batch)
                     if not summary.first_rows:
                         summary.first_seconds, summary.first_rows = time.monotonic() - self.start, writer.rows
                         summary.first_since_start = time.monotonic() - self.started
-                    if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                        last_report = time.monotonic()
-                        rate = writer.rows / (last_report - self.start)
-                        unavailable = f", {writer.unavailable} unavailable" if writer.unavailable else ""
-                        print(f"  {writer.rows}/{self.expected} labeled ({rate:.1f} img/s), {sum(writer.errors.values())} errors{unavailable}", flush=True)
+                    unavailable = f", {writer.unavailable} unavailable" if writer.unavailable else ""
+                    self.progress.advance(writer.rows + writer.unavailable - before, f"{sum(writer.errors.values())} errors{unavailable}")
         except KeyboardInterrupt:
+            self.progress.close(final_line=False)
             writer.flush()  # keep what is done: a rerun resumes after it
             print(f"interrupted: {writer.rows} rows committed to {self.table.folder.uri}; rerun the same command to resume", flush=True)
             raise
@@ -614,6 +629,7 @@ class Labeling:
             raise RunFailed(f"labeling lost {lost} of {self.expected} images; rerun the same command to label them")
 
     def finish(self) -> "LabelSummary":
+        self.progress.close()
         self.writer.flush()
         s, writer = self.summary, self.writer
         s.labeled, s.errors = writer.rows, writer.errors
@@ -693,7 +709,7 @@ def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, weights_re
         .map_batches(
             LabelerActor,
             fn_constructor_kwargs={
-                "config": package.config, "weights": weights_ref, "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
+                "config": package.config, "weights": [weights_ref], "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
             },
             batch_size=plan.batch_size,
             batch_format="numpy",

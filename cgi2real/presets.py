@@ -194,13 +194,14 @@ class EvalPreset:
             return torch.from_numpy(np.asarray(frame(img, s, self.geometry, box)).transpose(2, 0, 1).copy())
 
 
-AUGMENTATIONS = ("basic", "real")
+AUGMENTATIONS = ("light", "basic", "real")
 
 
 class TrainPreset:
     """Image bytes (and an optional figure mask) -> augmented uint8 (3, S, S).
 
-    "basic" is the reference notebook's augmentation (Keras: rotation 40 deg, shifts 0.2, shear
+    "light" is the random crop and flips alone: what a model from scratch learns fastest from
+    (the demo's). "basic" is the reference notebook's augmentation (Keras: rotation 40 deg, shifts 0.2, shear
     0.2, zoom 0.2, horizontal flips) plus mild colour jitter. "real" aims at the CGI -> photograph
     gap: stronger colour and contrast changes, occasional grayscale, and then, after any figure
     pasting (`degrade`), the artefacts of cameras and the web that renders lack: blur, sensor
@@ -226,9 +227,14 @@ class TrainPreset:
             [
                 # applied to the image and its mask alike; colour transforms leave masks alone
                 T.RandomHorizontalFlip(),
-                T.RandomAffine(degrees=40, translate=(0.2, 0.2), shear=11.5, fill={Image.Image: MEAN_COLOUR, tv_tensors.Mask: 0}),
-                # no hue jitter: on PIL it costs more than all the rest of this preset together
-                T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+                *(
+                    [
+                        T.RandomAffine(degrees=40, translate=(0.2, 0.2), shear=11.5, fill={Image.Image: MEAN_COLOUR, tv_tensors.Mask: 0}),
+                        # no hue jitter: on PIL it costs more than all the rest of this preset together
+                        T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+                    ]
+                    if augment != "light" else []
+                ),
                 *([T.RandomGrayscale(0.1)] if augment == "real" else []),
                 T.PILToTensor(),
             ]

@@ -55,6 +55,7 @@ from cgi2real.model import (
     set_train_mode,
     set_trainable,
 )
+from cgi2real.progress import RemoteProgress, counted
 from cgi2real.presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
 from cgi2real.device import autocast, model_input
 from cgi2real.runtime import check_local_paths, failure_reason, say, start_ray
@@ -231,7 +232,8 @@ def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker.
 
     config = {"cfg": asdict(TrainConfig), "class_weights": [...], "split": the held-out split (or None),
-    "start": (package config or None, ObjectRef of the starting safetensors bytes, or None)}.
+    "start": (package config or None, ObjectRef of the starting safetensors bytes, or None),
+    "progress": a progress.ProgressReporter (or None), "per_epoch": training images per epoch}.
     """
     import ray
     import ray.train
@@ -244,6 +246,8 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cpu":  # Ray sets 1 thread per reserved CPU; use this node's cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed)
+    progress = config.get("progress") if rank == 0 else None
+    tell = progress.say if progress else say  # the driver may not show a worker's own output
 
     start_config, start_ref = config["start"]
     start_bytes = ray.get(start_ref) if start_ref is not None else None  # read once by the driver, shared by every worker
@@ -260,13 +264,15 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, history = state["epoch"] + 1, state["history"]
         resumed_optimizer = (state["stage"], opt_state, state["scheduler"])
         if rank == 0:
-            say(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
+            tell(f"resuming after epoch {start_epoch}/{cfg.epochs} from its checkpoint")
 
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    if progress:
+        progress.restart(start_epoch * config["per_epoch"])
     stage = None
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.stage(epoch) != stage:  # a new stage: refreeze, rewrap for DDP, new optimizer
@@ -282,6 +288,9 @@ def train_loop_per_worker(config: dict) -> None:
         lr = optimizer.param_groups[0]["lr"]
         # drop_last: a 1-image batch breaks BatchNorm; shards are equal, so all workers drop alike
         train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True, local_shuffle_buffer_size=2 * cfg.batch_size)
+        if progress:
+            progress.note(f"epoch {epoch + 1}/{cfg.epochs}")
+            train_batches = counted(train_batches, progress, context.get_world_size())
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
         check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)
         scheduler.step()
@@ -299,7 +308,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if config["split"] is not None:
                     with open(os.path.join(folder, SPLIT_JSON), "w") as f:
                         json.dump(config["split"], f)
-                say(format_epoch(metrics))
+                tell(format_epoch(metrics))
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
 
@@ -490,7 +499,6 @@ def run(cfg: TrainConfig) -> TrainSummary:
     import ray
     import ray.data
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     check_options(cfg)
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
@@ -528,9 +536,22 @@ def run(cfg: TrainConfig) -> TrainSummary:
     data_context.enable_progress_bars = data_context.print_on_execution_start = False
     datasets = training_datasets(data, cfg)
     start = (start_config, ray.put(start_bytes) if start_bytes is not None else None)
+    per_epoch = sum(drawn.values())
+    with RemoteProgress("training", cfg.epochs * per_epoch) as progress:
+        result = _fit(cfg, name, storage, use_gpu, datasets, {
+            "cfg": asdict(cfg), "class_weights": list(weights.values()), "split": data.split(), "start": start,
+            "progress": progress.reporter(), "per_epoch": per_epoch,
+        })
+    return export_best(result, cfg, counts, weights, use_gpu)
+
+
+def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, loop_config: dict):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "class_weights": list(weights.values()), "split": data.split(), "start": start},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name,
@@ -543,10 +564,9 @@ def run(cfg: TrainConfig) -> TrainSummary:
         datasets=datasets,
     )
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise RunFailed(f"training failed: {failure_reason(e, UnreadableImages)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
-    return export_best(result, cfg, counts, weights, use_gpu)
 
 
 def training_datasets(data: TrainingData, cfg: TrainConfig) -> dict:

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cgi2real.cli import app
 
-COMMANDS = ["train", "evaluate", "label", "summary", "info", "demo"]
+COMMANDS = ["train", "evaluate", "label", "summary", "review", "info", "synth", "demo"]
 
 
 def run(*args):
@@ -145,3 +145,16 @@ def test_a_second_label_run_into_a_table_being_written_is_refused(package, image
 def test_label_bad_s3_endpoint_and_missing_bucket(package, image_root, s3_endpoint, tmp_path):
     assert_one_line_error(run("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9"), "cannot reach s3://b/photos")
     assert_one_line_error(run("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint), "cannot write the label table")
+
+
+def test_demo_with_imagenet_weights_offline_says_so_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))  # an empty cache
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no download
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    assert_one_line_error(run("demo", "--weights", "imagenet", "--workdir", tmp_path / "demo"), "cannot load ImageNet weights", "TORCH_HOME")
+    assert not (tmp_path / "demo").exists()
+    assert_one_line_error(run("demo", "--weights", "resnet", "--workdir", tmp_path / "demo"), "expected one of none, imagenet")
+
+
+def test_synth_refuses_an_unknown_scene_style(tmp_path):
+    assert_one_line_error(run("synth", "--out", tmp_path / "s", "--per-class", 1, "--scenes", "cartoon"), "--scenes 'cartoon'", "photo, simple")

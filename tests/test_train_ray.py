@@ -141,11 +141,15 @@ def test_demo_runs_end_to_end_and_a_rerun_reuses_its_work(ray_cluster, tmp_path)
     args = ("demo", "--workdir", tmp_path, "--per-class", 16, "--epochs", 1, "--batch-size", 8)
     output = invoke(*args)
     assert "test accuracy" in output and (tmp_path / "model" / "model.safetensors").exists()
+    assert "epoch 1/1 [" in output  # the worker's line, through the driver's progress queue
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert next(iter(report["datasets"].values()))["n"] == 30  # 10 fresh test images per class
     table = pq.read_table(tmp_path / "labels")
     assert table.num_rows == 30 and table["error"].null_count == 30  # 10 unlabeled images per class, all labeled
     assert "label table" in output and str(tmp_path / "labels") in output
+    page = (tmp_path / "review" / "index.html").read_text()
+    assert f"review page:   {tmp_path / 'review' / 'index.html'}" in output and page.count("<figure>") >= 30
+    assert json.loads((tmp_path / "data" / "train" / "_synth.json").read_text())["scenes"] == "simple"
     again = invoke(*args)
     assert "rendering" not in again and again.count("images already in") == 3  # the images were kept
     assert "30 already in" in again  # and labeled

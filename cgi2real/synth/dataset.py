@@ -18,11 +18,12 @@ from cgi2real.classes import DEFAULT_CLASSES
 from cgi2real.config import SynthConfig
 from cgi2real.data import MASKS_FOLDER
 from cgi2real.errors import InputError
+from cgi2real.progress import Progress
 from cgi2real.storage import Location, first_line, locate
-from cgi2real.synth.scenes import render_scene
+from cgi2real.synth.scenes import SCENE_STYLES, render_scene
 
+RENDERS_PER_BLOCK = 16
 SETTINGS_FILE = "_synth.json"  # the settings a folder was made with; not in any class folder
-PROGRESS_SECONDS = 10.0
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -37,12 +38,12 @@ def mask_name(label: str, index: int) -> str:
     return f"{MASKS_FOLDER}/{label}/{label}_{index:06d}.png"
 
 
-def write_rendering(root: Location, label: str, index: int, size: int, seed: int, masks: bool = True) -> dict:
+def write_rendering(root: Location, label: str, index: int, size: int, seed: int, masks: bool = True, scenes: str = "photo") -> dict:
     """Render image `index` of `label`, write it (and its mask) under `root`; return what it shows.
 
     The mask goes first, so an image file on disk always has its mask (a rerun skips images).
     """
-    rendering = render_scene(label, image_seed(seed, index), size)
+    rendering = render_scene(label, image_seed(seed, index), size, style=scenes)
     if masks:
         root.child(mask_name(label, index)).write_bytes(_encode(rendering.mask, "PNG", optimize=True))
     root.child(image_name(label, index)).write_bytes(_encode(rendering.image, "JPEG", quality=92))
@@ -64,9 +65,9 @@ def write_dataset(out: str, per_class: int, size: int = 299, seed: int = 0, clas
     return per_class * len(classes)
 
 
-def render_batch(batch: dict, root: Location, size: int, seed: int, masks: bool) -> dict:
+def render_batch(batch: dict, root: Location, size: int, seed: int, masks: bool, scenes: str = "photo") -> dict:
     """Ray Data map function: rows {label, index} -> the files written, with what each shows."""
-    infos = [json.dumps(write_rendering(root, str(label), int(index), size, seed, masks)) for label, index in zip(batch["label"], batch["index"])]
+    infos = [json.dumps(write_rendering(root, str(label), int(index), size, seed, masks, scenes)) for label, index in zip(batch["label"], batch["index"])]
     return {"label": batch["label"], "info": infos}
 
 
@@ -78,7 +79,9 @@ def run(cfg: SynthConfig) -> dict:
     if cfg.per_class < 1 or cfg.size < 32:
         raise InputError(f"--per-class must be >= 1 and --size >= 32, got {cfg.per_class} and {cfg.size}")
     root = locate(cfg.out, cfg.s3_endpoint)
-    settings = {"size": cfg.size, "seed": cfg.seed}
+    if cfg.scenes not in SCENE_STYLES:
+        raise InputError(f"--scenes {cfg.scenes!r}: expected one of {', '.join(SCENE_STYLES)}")
+    settings = {"size": cfg.size, "seed": cfg.seed, "scenes": cfg.scenes}
     _check_settings(root, settings)
     existing = {info.path for info in root.list_files()} if root.is_dir() else set()
     todo = [{"label": c, "index": i} for c in cfg.classes for i in range(cfg.per_class) if root.child(image_name(c, i)).path not in existing]
@@ -100,18 +103,19 @@ def run(cfg: SynthConfig) -> dict:
         check_local_paths({}, {"--out": root})  # rendering tasks write where they run
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = False
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 4, 1000)))
-        ds = ds.map_batches(render_batch, fn_kwargs={"root": root, "size": cfg.size, "seed": cfg.seed, "masks": cfg.masks}, batch_size=None)
-        start = last = time.monotonic()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for info in map(json.loads, batch["info"]):
-                counts["written"] += 1
-                counts["redrawn_camera"] += info["attempts"] > 1
-                counts["not_visible"] += not info["visible"]
-                coverage[info["label"]].append(info["coverage"])
-            if time.monotonic() - last >= PROGRESS_SECONDS:
-                last = time.monotonic()
-                print(f"  {counts['written']}/{len(todo)} rendered ({counts['written'] / (last - start):.1f} img/s)", flush=True)
+        # Blocks of about RENDERS_PER_BLOCK images: one task each (a task costs tens of ms to
+        # start, a 96 px render about 40), and at least 8 of them while there are as many images.
+        ds = ray.data.from_items(todo, override_num_blocks=max(min(len(todo), 8), min(len(todo) // RENDERS_PER_BLOCK, 1000)))
+        ds = ds.map_batches(render_batch, fn_kwargs={"root": root, "size": cfg.size, "seed": cfg.seed, "masks": cfg.masks, "scenes": cfg.scenes}, batch_size=None)
+        start = time.monotonic()
+        with Progress("rendering", len(todo)) as progress:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for info in map(json.loads, batch["info"]):
+                    counts["written"] += 1
+                    counts["redrawn_camera"] += info["attempts"] > 1
+                    counts["not_visible"] += not info["visible"]
+                    coverage[info["label"]].append(info["coverage"])
+                progress.advance(len(batch["info"]))
         counts["seconds"] = time.monotonic() - start
         counts["coverage"] = {c: framing_summary(v) for c, v in coverage.items() if v}
     try:
@@ -128,11 +132,11 @@ def framing_summary(coverage: list[float]) -> dict:
 
 
 def _check_settings(root: Location, settings: dict) -> None:
-    """Refuse to add images of another size or seed to a folder (it would mix two datasets)."""
+    """Refuse to add images of another size, seed or scene style to a folder (it would mix two datasets)."""
     marker = root.child(SETTINGS_FILE)
     if not marker.exists():
         return
-    previous = json.loads(marker.read_bytes())
+    previous = {"scenes": "photo", **json.loads(marker.read_bytes())}  # folders from before --scenes
     changed = [k for k, v in settings.items() if previous.get(k) != v]
     if changed:
         raise InputError(

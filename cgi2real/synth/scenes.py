@@ -41,6 +41,11 @@ FRAMINGS = {
 }
 CLOSE_FRAMINGS = {"three_quarter", "waist_up", "head_shoulders", "front", "head", "close"}  # a lens blurs the background
 HARD_NEGATIVE_PROB = 0.25  # images with another animal (not a horse) in them; the same for every class
+# "photo": framed and furnished as photographs are (the default, for training). "simple": one
+# horse, one person or one rider, whole, seen from the side and filling most of the frame, in an
+# open field with nothing else in it: an easy set that a model from scratch learns in minutes (the
+# demo's), not one to train for photographs on.
+SCENE_STYLES = ("photo", "simple")
 # Least share of the image each figure must cover, so that the label is true to a viewer.
 MIN_SHARE = {"horse": 0.03, "human": 0.008}
 
@@ -64,8 +69,12 @@ def _light_and_ground(rng: np.random.Generator, backdrop: str) -> Scene:
                  haze=rng.uniform(0.002, 0.03) if not indoor else 0.0, noise=rng.normal(size=(4, 4)), grain=rng.normal(size=(8, 4)))
 
 
-def compose(label: str, rng: np.random.Generator, scene: Scene) -> list[Figure]:
-    """Build and place the figures for `label` in `scene`; returns them with their marks in the world."""
+def compose(label: str, rng: np.random.Generator, scene: Scene, simple: bool = False, yaw: float | None = None) -> list[Figure]:
+    """Build and place the figures for `label` in `scene`; returns them with their marks in the world.
+
+    `simple`: one horse, one person, or a person riding a horse, never more.
+    `yaw`: the heading of the (first) figure; None draws one.
+    """
     figures = []
 
     def add(kind: str, pose: str, position, yaw: float, scale: float, on_ground: bool = True, **info):
@@ -79,19 +88,19 @@ def compose(label: str, rng: np.random.Generator, scene: Scene) -> list[Figure]:
         figures.append(Figure(kind, body.placed_marks(position, yaw, scale)))
         return position
 
-    yaw = rng.uniform(0, 2 * math.pi)
+    yaw = rng.uniform(0, 2 * math.pi) if yaw is None else yaw
     if label == "horse":
-        for k in range(1 if rng.random() < 0.8 else 2):
+        for k in range(1 if simple or rng.random() < 0.8 else 2):
             add("horse", str(rng.choice(HORSE_POSES)), (k * rng.uniform(1.5, 3), 0, k * rng.uniform(-3, 3)), yaw + k * rng.normal(0, 0.8), rng.uniform(0.85, 1.15))
     elif label == "human":
-        count = int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))  # alone, a pair, a group
+        count = 1 if simple else int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))  # alone, a pair, a group
         walking = rng.random() < 0.4  # pedestrians: all walking the same way
         for k in range(count):
             pose = "walk" if walking else str(rng.choice(HUMAN_POSES))
             spot = (rng.normal(0, 0.6) * (k > 0) - (1.2 * k if walking else 0), 0, k * rng.uniform(0.6, 1.2) * (-1) ** k)
             add("human", pose, spot, yaw + rng.normal(0, 0.1 if walking else 0.5), rng.uniform(0.75, 1.1))
     else:
-        relation = str(rng.choice(["riding", "riding", "leading", "beside"]))
+        relation = "riding" if simple else str(rng.choice(["riding", "riding", "leading", "beside"]))
         horse_scale = rng.uniform(0.9, 1.15)
         horse_at = add("horse", str(rng.choice(["stand", "walk", "trot"] if relation != "beside" else HORSE_POSES)), (0, 0, 0), yaw, horse_scale, relation=relation)
         turn = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
@@ -140,8 +149,11 @@ def _framed_points(fit: str, figures: list[Figure]) -> np.ndarray:
     return np.array(marks(person, "top", "waist") + marks(horse, "ears", "muzzle"))
 
 
-def frame_camera(points: np.ndarray, fill: float, rng: np.random.Generator, size: int) -> tuple[Camera, float]:
+def frame_camera(points: np.ndarray, fill: float, rng: np.random.Generator, size: int, side_of: float | None = None) -> tuple[Camera, float]:
     """A camera from which `points` span `fill` of the frame (its larger side); returns it and its distance.
+
+    `side_of`: a figure's yaw, to look at it from one side or the other (within 35 degrees)
+    instead of from anywhere around it.
 
     A pinhole projects a length L at distance d to L * focal / d pixels, so two corrections of
     the distance by the measured span land on the target (the first guess ignores perspective).
@@ -150,6 +162,8 @@ def frame_camera(points: np.ndarray, fill: float, rng: np.random.Generator, size
     extent = float(np.ptp(points, 0).max()) + 0.1
     fov = rng.uniform(25, 55)
     azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(-0.1, 0.35)
+    if side_of is not None:
+        azimuth = side_of + math.pi * float(rng.integers(2)) + rng.uniform(-0.6, 0.6)
     toward = np.array([math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth)])
     target = center + rng.normal(0, 0.06 * extent, 3)  # photographers do not always centre
     distance = extent / (2 * math.tan(math.radians(fov) / 2) * fill)
@@ -312,21 +326,23 @@ def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
     return names[rng.choice(len(names), p=p / p.sum())]
 
 
-def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12) -> Rendering:
+def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12, style: str = "photo") -> Rendering:
     """One image of `label`, its figure mask and what it shows; the same (label, seed, size) always gives the same.
 
     The figures, framing and backdrop are drawn once; the camera (and the scenery it sees) is
     redrawn, checked by the first (unshaded) pass of the render, until a figure of each kind
     drawn covers at least MIN_SHARE of the image. Half-way, the framing falls back to the whole
-    figures.
+    figures. `style` is one of SCENE_STYLES; "photo" images do not depend on the other styles.
     """
+    simple = style == "simple"
     rng = np.random.default_rng([seed, ("horse", "human", "both").index(label)])
-    backdrop = _choose(rng, BACKDROPS)
+    backdrop = "field" if simple else _choose(rng, BACKDROPS)
     scene = _light_and_ground(rng, backdrop)
-    figures = compose(label, rng, scene)
-    framing = _choose(rng, {name: share for name, (share, _, _) in FRAMINGS[label].items()})
+    heading = rng.uniform(0, 2 * math.pi) if simple else None
+    figures = compose(label, rng, scene, simple, heading)
+    framing = "full" if simple else _choose(rng, {name: share for name, (share, _, _) in FRAMINGS[label].items()})
     figure_count = len(scene.primitives)
-    with_animals = rng.random() < HARD_NEGATIVE_PROB
+    with_animals = not simple and rng.random() < HARD_NEGATIVE_PROB
     all_points = np.array([p for f in figures for p in f.marks.values()])
     center = (all_points.min(0) + all_points.max(0)) / 2
     clear = float(np.ptp(all_points[:, [0, 2]], 0).max()) / 2 + 0.8
@@ -336,10 +352,11 @@ def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12)
         if attempt == max_attempts // 2:
             framing = "full" if framing != "full" else "wide"
         _, fit, (low, high) = FRAMINGS[label][framing]
-        camera, distance = frame_camera(_framed_points(fit, figures), rng.uniform(low, high), rng, size)
-        add_backdrop(scene, rng, backdrop, center, camera.position, clear)
+        camera, distance = frame_camera(_framed_points(fit, figures), rng.uniform(low, high), rng, size, heading)
+        if not simple:
+            add_backdrop(scene, rng, backdrop, center, camera.position, clear)
         animals = add_hard_negatives(scene, rng, center, clear + 0.5, camera.position - center) if with_animals else []
-        if rng.random() < 0.1:  # an occluder between the camera and the figures
+        if not simple and rng.random() < 0.1:  # an occluder between the camera and the figures
             toward = camera.position - center
             _add_clutter(scene, rng, center, np.linalg.norm(toward[[0, 2]]) * rng.uniform(0.3, 0.6), 1, math.atan2(toward[2], toward[0]))
         traced = trace(scene, camera)
