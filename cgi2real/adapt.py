@@ -355,7 +355,7 @@ def shot_loop_per_worker(config: dict) -> None:
         progress.restart(start_epoch * 2 * config["images"])
     for epoch in range(start_epoch, cfg.epochs):
         if progress:
-            progress.note(f"epoch {epoch + 1}/{cfg.epochs}")
+            progress.note(f"epoch {epoch + 1} of {cfg.epochs}")
         target_batches = counted(target.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=2), progress, scale)
         features, probs, indices, bad = predict_target(model, tap, target_batches, device, mean, std)
         readable = int(_all_reduce_sum(torch.tensor(len(indices), device=device)))

@@ -27,6 +27,7 @@ class Recipe:
     lr_finetune: float
     augment: str
     background_prob: float
+    paste_prob: float
 
 
 # From scratch, 2 CPU cores train Inception v3 at 75 px on about 30-40 images/s: 4 epochs of
@@ -35,8 +36,8 @@ class Recipe:
 # an open field, seen from the side) and with crops and flips only, above 0.8 (README, "Demo").
 # Pretrained features learn photo-like renders quickly: the head first, then the top blocks.
 RECIPES = {
-    "none": Recipe("simple", 450, 60, 80, 75, 0, 3, "Conv2d_1a_3x3", 1e-3, "light", 0.0),
-    "imagenet": Recipe("photo", 200, 60, 128, 128, 1, 2, "Mixed_6a", 1e-4, "real", 0.5),
+    "none": Recipe("simple", 450, 60, 80, 75, 0, 3, "Conv2d_1a_3x3", 1e-3, "light", 0.0, 0.0),
+    "imagenet": Recipe("photo", 200, 60, 128, 128, 1, 2, "Mixed_6a", 1e-4, "real", 0.5, 0.25),
 }
 
 
@@ -73,14 +74,15 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     data = {split: os.path.join(root, "data", split) for split in ("train", "test", "unlabeled")}
     for split, count, seed in (("train", per_class, 0), ("test", eval_per_class, 1), ("unlabeled", eval_per_class, 2)):
         echo(f"[1/5] {count} {recipe.scenes} renders per class in {data[split]}")
-        dataset.run(SynthConfig(out=data[split], per_class=count, size=recipe.render_size, seed=seed, masks=split == "train", scenes=recipe.scenes))
+        masks = split == "train" and (recipe.background_prob > 0 or recipe.paste_prob > 0)  # only training uses masks, if the recipe does
+        dataset.run(SynthConfig(out=data[split], per_class=count, size=recipe.render_size, seed=seed, masks=masks, scenes=recipe.scenes))
     package = os.path.join(root, "model")
     echo(f"[2/5] training from {cfg.weights} weights ({epochs_head + epochs_finetune} epochs at {recipe.image_size} px, {cfg.workers} worker(s))")
     summary = training.run(
         TrainConfig(
             data=(data["train"],), out=package, weights=cfg.weights, image_size=recipe.image_size,
             epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=recipe.unfreeze_from, lr_finetune=recipe.lr_finetune,
-            augment=recipe.augment, background_prob=recipe.background_prob, val_fraction=0.1, batch_size=cfg.batch_size, workers=cfg.workers, storage=os.path.join(root, "runs"), name=f"demo-{cfg.weights}",
+            augment=recipe.augment, background_prob=recipe.background_prob, paste_prob=recipe.paste_prob, val_fraction=0.1, batch_size=cfg.batch_size, workers=cfg.workers, storage=os.path.join(root, "runs"), name=f"demo-{cfg.weights}",
         )
     )
     echo("[3/5] evaluating on fresh renders")

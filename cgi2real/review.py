@@ -77,11 +77,11 @@ def run(cfg: ReviewConfig) -> dict:
         "errors": sample_rows(counts.error.is_valid().to_numpy(zero_copy_only=False), cfg.errors, rng),
     }
     wanted = np.unique(np.concatenate([*picks["sample"].values(), picks["lowest"], picks["errors"]]).astype(np.int64))
-    tiles = read_tiles(table, parts, counts, wanted)
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        list(pool.map(lambda tile: write_thumbnail(tile, out, cfg.s3_endpoint), tiles.values()))
     summary = summarize(counts, table.folder.uri)
     try:
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            tiles = read_tiles(table, parts, counts, wanted, pool.map)
+            list(pool.map(lambda tile: write_thumbnail(tile, out, cfg.s3_endpoint), tiles.values()))
         out.child(HISTOGRAM_FILE).write_bytes(
             confidence_histograms_png({name: counts.confidence[counts.label == k] for k, name in enumerate(counts.classes)})
         )
@@ -94,10 +94,11 @@ def run(cfg: ReviewConfig) -> dict:
 
 
 def read_counts(table: LabelTable, parts: list[str]) -> Counts:
-    """The counting columns of every part file, and how many rows each has."""
+    """The counting columns of every part file (read in threads), and how many rows each has."""
     try:
         meta = table.metadata(parts) or {}
-        pieces = [table.read([part], COUNT_COLUMNS) for part in parts]
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            pieces = list(pool.map(lambda part: table.read([part], COUNT_COLUMNS), parts))
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"cannot read the label table at {table.folder.uri}: {first_line(e)}") from None
     t = pa.concat_tables(pieces)
@@ -147,25 +148,15 @@ def summarize(counts: Counts, uri: str) -> dict:
     }
 
 
-def read_tiles(table: LabelTable, parts: list[str], counts: Counts, rows: np.ndarray) -> dict[int, Tile]:
-    """The shown rows' paths and probabilities, reading only the row groups that hold them."""
+def read_tiles(table: LabelTable, parts: list[str], counts: Counts, rows: np.ndarray, map_=map) -> dict[int, Tile]:
+    """The shown rows' paths and probabilities, reading only the row groups that hold them
+    (one part file per call of `map_`)."""
     columns = ["path", "label", "confidence", "error", *(f"p_{name}" for name in counts.classes)]
     starts = np.cumsum([0, *counts.part_rows])
+    wanted = [(i, rows[(rows >= starts[i]) & (rows < starts[i + 1])] - starts[i]) for i in range(len(parts))]
+    wanted = [(i, mine) for i, mine in wanted if len(mine)]
     tiles = {}
-    for i, part in enumerate(parts):
-        mine = rows[(rows >= starts[i]) & (rows < starts[i + 1])] - starts[i]
-        if not len(mine):
-            continue
-        try:
-            with table.folder.fs.open_input_file(part) as f:
-                parquet = pq.ParquetFile(f)
-                group_starts = np.cumsum([0, *(parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups))])
-                groups = sorted(set(np.searchsorted(group_starts, mine, side="right") - 1))
-                data = parquet.read_row_groups(groups, columns=columns)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise InputError(f"cannot read the label table file {table.folder.uri_of(part)}: {first_line(e)}") from None
-        offsets = np.concatenate([np.arange(group_starts[g], group_starts[g + 1]) for g in groups])
-        picked = data.take(pa.array(np.searchsorted(offsets, mine))).to_pylist()
+    for (i, mine), picked in zip(wanted, map_(lambda job: _read_rows(table, parts[job[0]], job[1], columns), wanted)):
         for row, values in zip(mine + starts[i], picked):
             tiles[int(row)] = Tile(
                 row=int(row), path=values["path"], label=values["label"], confidence=values["confidence"],
@@ -175,25 +166,45 @@ def read_tiles(table: LabelTable, parts: list[str], counts: Counts, rows: np.nda
     return tiles
 
 
+def _read_rows(table: LabelTable, part: str, rows: np.ndarray, columns: list[str]) -> list[dict]:
+    """`rows` (sorted offsets in the file `part`) of `columns`, from the row groups holding them."""
+    try:
+        with table.folder.fs.open_input_file(part) as f:
+            parquet = pq.ParquetFile(f)
+            group_starts = np.cumsum([0, *(parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups))])
+            groups = sorted(set(np.searchsorted(group_starts, rows, side="right") - 1))
+            data = parquet.read_row_groups(groups, columns=columns)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read the label table file {table.folder.uri_of(part)}: {first_line(e)}") from None
+    offsets = np.concatenate([np.arange(group_starts[g], group_starts[g + 1]) for g in groups])
+    return data.take(pa.array(np.searchsorted(offsets, rows))).to_pylist()
+
+
 def write_thumbnail(tile: Tile, out, s3_endpoint: str | None) -> None:
-    """Read the tile's image where the table says it is and write its thumbnail; on any failure,
-    record why instead (the page shows a placeholder)."""
+    """Read the tile's image where the table says it is and write its thumbnail. An image that
+    cannot be read or decoded gets its reason instead (a placeholder on the page); a thumbnail
+    that cannot be written fails the review (OSError)."""
     from cgi2real.data import read_file
     from cgi2real.presets import ImageError, decode_image
 
     try:
         where = locate(tile.path, s3_endpoint)
-        data, error = read_file(where.fs, where.path)
-        if error:
-            tile.unreadable = error
-            return
+    except InputError as e:  # a path this machine cannot read (another scheme)
+        tile.unreadable = first_line(e)
+        return
+    data, error = read_file(where.fs, where.path)  # every failure comes back as a reason
+    if error:
+        tile.unreadable = error
+        return
+    try:
         img = decode_image(data, draft_size=THUMB_PX)
         img.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.BICUBIC)
-        name = f"{tile.row}.jpg"
-        out.child(THUMBS_FOLDER, name).write_bytes(_jpeg(img))
-        tile.thumb = name
-    except (ImageError, InputError, OSError) as e:
-        tile.unreadable = first_line(e)
+    except ImageError as e:
+        tile.unreadable = str(e)
+        return
+    name = f"{tile.row}.jpg"
+    out.child(THUMBS_FOLDER, name).write_bytes(_jpeg(img))
+    tile.thumb = name
 
 
 def _jpeg(img: Image.Image) -> bytes:

@@ -289,7 +289,7 @@ def train_loop_per_worker(config: dict) -> None:
         # drop_last: a 1-image batch breaks BatchNorm; shards are equal, so all workers drop alike
         train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True, local_shuffle_buffer_size=2 * cfg.batch_size)
         if progress:
-            progress.note(f"epoch {epoch + 1}/{cfg.epochs}")
+            progress.note(f"epoch {epoch + 1} of {cfg.epochs}")
             train_batches = counted(train_batches, progress, context.get_world_size())
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
         check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from cgi2real.config import ReviewConfig
 from cgi2real.label import LOW_CONFIDENCE, LabelTable, to_table
-from cgi2real.review import THUMBS_FOLDER, run
+from cgi2real.review import THUMBS_FOLDER, read_counts, read_tiles, run
 from cgi2real.storage import locate
 from tests.conftest import upload_folder
 from tests.labeling import invoke
@@ -147,3 +148,27 @@ def test_the_page_loads_every_thumbnail_in_a_browser_and_shows_the_table_counts(
         assert browser.execute_script("return document.querySelectorAll('.placeholder').length") >= 1
     finally:
         browser.quit()
+
+
+def test_shown_rows_are_read_from_the_row_groups_that_hold_them(tmp_path):
+    """Rows picked across files and row groups come back as the table has them."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "table"
+    folder.mkdir()
+    written = []
+    for part in range(2):
+        n = 95 if part == 0 else 40
+        probs = rng.dirichlet([1, 1, 1], size=n).astype(np.float32)
+        rows = to_table([f"/nowhere/{part}_{i}.jpg" for i in range(n)], probs, [None] * n, np.zeros(n, np.int64), CLASSES, "m1")
+        pq.write_table(rows, folder / f"part-r-{part:05d}.parquet", row_group_size=10)  # 10 groups, then 4
+        written.append(rows)
+    everything = pa.concat_tables(written)
+    table = LabelTable(locate(str(folder)))
+    parts = table.part_files()
+    counts = read_counts(table, parts)
+    assert counts.part_rows == [95, 40]
+    rows = np.array([0, 9, 10, 57, 94, 95, 96, 120, 134])
+    tiles = read_tiles(table, parts, counts, rows)
+    expected = everything.take(pa.array(rows)).to_pylist()
+    assert [tiles[int(r)].path for r in rows] == [e["path"] for e in expected]
+    assert [tiles[int(r)].probs["horse"] for r in rows] == [e["p_horse"] for e in expected]
