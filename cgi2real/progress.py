@@ -5,6 +5,7 @@ Nothing here knows a stage; `label`, `synth`, `train` and `adapt` drive a `Progr
 calls `quiet_ray` unless `--verbose`. No torch and no Ray at import.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,6 +37,25 @@ def quiet_ray() -> None:
     # "has constructor arguments in the object store", for every Ray Data actor pool); failures
     # still reach us as Python exceptions. A level the user has set wins.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+@contextlib.contextmanager
+def ray_starting():
+    """Around `ray.init`: unless verbose, its C++ side's start-up line (it reports the log level
+    it read from RAY_BACKEND_LOG_LEVEL, on file descriptor 2) does not reach the console. A start
+    that fails raises, and the CLI prints that error."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def ray_init_options() -> dict:

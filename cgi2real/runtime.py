@@ -11,7 +11,7 @@ import secrets
 import sys
 
 from cgi2real.errors import InputError
-from cgi2real.progress import quiet_ray, ray_init_options
+from cgi2real.progress import quiet_ray, ray_init_options, ray_starting
 from cgi2real.storage import Location, first_line
 
 
@@ -26,10 +26,11 @@ def start_ray(min_cpus: int) -> None:
     if ray.is_initialized():
         return
     quiet_ray()
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**ray_init_options())
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), **ray_init_options())
+    with ray_starting():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(**ray_init_options())
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), **ray_init_options())
 
 
 def say(line: str) -> None:

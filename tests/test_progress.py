@@ -1,6 +1,7 @@
 """What a run shows while it works: plain progress lines off a terminal, a quiet console."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -40,5 +41,6 @@ def test_ray_stays_off_the_console_unless_verbose(tmp_path):
     assert "wrote 6 images" in shown
     for ray_line in ("Started a local Ray instance", "WARNING", "INFO", "core_worker", "Progress bars"):
         assert ray_line not in shown, shown
+    assert not re.search(r"\[\d{4}-\d\d-\d\d [\d:,]+ [IWEF] \d+ \d+\]", shown), shown  # Ray's C++ log lines
     verbose = subprocess.run([sys.executable, "-m", "cgi2real.cli", "--verbose", *command[3:], "--out", str(tmp_path / "v")], env=env, capture_output=True, text=True, timeout=240)
     assert verbose.returncode == 0 and "Started a local Ray instance" in verbose.stdout + verbose.stderr
