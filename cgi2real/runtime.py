@@ -117,10 +117,14 @@ def check_local_paths(inputs: dict[str, str], outputs: dict[str, Location]) -> N
         for marker in markers:
             marker.fs.delete_file(marker.path)
     for node, ref in zip(nodes, refs):
-        if ref not in answered:  # a node going away, say; the epochs' --max-unreadable check still guards training
+        try:
+            seen = ray.get(ref) if ref in answered else None
+        except ray.exceptions.RayError:  # the node went away after it was listed (its probe cannot be scheduled)
+            seen = None
+        if seen is None:  # a node going away, say; the epochs' --max-unreadable check still guards training
             print(f"warning: node {node['NodeManagerAddress']} did not answer within {PROBE_SECONDS:.0f} s; its view of local paths is unchecked", flush=True)
             continue
-        blind = [option for option, ok in zip(probes, ray.get(ref)) if not ok]
+        blind = [option for option, ok in zip(probes, seen) if not ok]
         if blind:
             raise InputError(
                 f"{blind[0]} is a local path that node {node['NodeManagerAddress']} cannot see: on a cluster of {len(nodes)} nodes, "

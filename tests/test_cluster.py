@@ -58,7 +58,10 @@ def test_labeling_a_bucket_spreads_over_both_nodes_and_survives_losing_one(clust
         deadline = time.monotonic() + 300
         while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        nodes_before.update(_actor_nodes("Labeler"))  # a restarted actor reports its new node, so look now
+        # a restarted actor reports its new node, so look now; the second actor may still be starting
+        while (None in _actor_nodes("Labeler") or len(_actor_nodes("Labeler")) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes_before.update(_actor_nodes("Labeler"))
         ray_cluster.remove_node(workers[1], allow_graceful=False)
         removed_at.append(time.time())
         removed.set()
