@@ -91,13 +91,10 @@ def _eval_preset(image_size: int, geometry: str):
 class LabelerActor:
     """`labeler.Labeler` as Ray Data's actor class: the same constructor and call, imported in the actor."""
 
-    def __init__(self, weights: list, **kwargs):
+    def __init__(self, **kwargs):
         from cgi2real.labeler import Labeler
 
-        # [ObjectRef]: wrapped, so that Ray hands the actor the reference and the actor fetches it.
-        # A bare reference is resolved by Ray as a constructor argument "in the object store",
-        # about which Ray prints an error-level notice on the console of every run.
-        self.labeler = Labeler(weights=weights[0], **kwargs)
+        self.labeler = Labeler(**kwargs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.labeler(batch)
@@ -629,7 +626,7 @@ class Labeling:
             raise RunFailed(f"labeling lost {lost} of {self.expected} images; rerun the same command to label them")
 
     def finish(self) -> "LabelSummary":
-        self.progress.close()
+        """Commit what is left and complete the summary (the caller has closed `progress`)."""
         self.writer.flush()
         s, writer = self.summary, self.writer
         s.labeled, s.errors = writer.rows, writer.errors
@@ -709,7 +706,7 @@ def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, weights_re
         .map_batches(
             LabelerActor,
             fn_constructor_kwargs={
-                "config": package.config, "weights": [weights_ref], "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
+                "config": package.config, "weights": weights_ref, "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
             },
             batch_size=plan.batch_size,
             batch_format="numpy",
