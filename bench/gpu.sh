@@ -30,11 +30,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ -n "${DRY:-}" ]]; then
   label=(--photos 600 --image-size 96 --decode device cpu --actors 1 --bare-images 128 --naive-images 8)
-  train=(--generate --per-class 40 --image-size 96 --batch-size 16 --epochs 2)
+  train=(--generate --per-class 40 --image-size 96 --batch-size 16 --epochs 2 --decode device cpu)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   label=(--gpu --photos 50000 --image-size 299 ${LABEL_RUNS:---decode device cpu --actors 1 2})
-  train=(--gpu --generate --per-class 2500 --image-size 299 --batch-size 64 --epochs 3)
+  train=(--gpu --generate --per-class 2500 --image-size 299 --batch-size 64 --epochs 3 ${TRAIN_RUNS:---decode device cpu})
 fi
 python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)"
 

@@ -8,6 +8,10 @@ model-compute ceiling); cgi2real decodes and augments every epoch in Ray Data, s
 batches into a Ray Train worker, validates and checkpoints. The first epoch of each side is
 warm-up; the printed ratio compares the steady epochs. Without the shared data, images are
 generated into a temporary folder.
+
+`--decode cpu device` runs cgi2real once per mode (device: JPEG bytes to the workers, which
+decode and augment them in batches) and prints, per mode, the reading stage's CPU time and the
+bytes per image it sends to the workers, measured in this process on a sample of the files.
 """
 
 import argparse
@@ -21,11 +25,17 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cgi2real.classes import composite_pairs  # noqa: E402
 from cgi2real.config import TrainConfig  # noqa: E402
-from cgi2real.data import load_image_batch, scan_labeled_dataset  # noqa: E402
+from cgi2real.data import load_image_batch, load_training_batch, read_training_for_device, scan_labeled_dataset  # noqa: E402
+from cgi2real.device_augment import DeviceTrainPreset  # noqa: E402
 from cgi2real.model import build_model, set_trainable  # noqa: E402
 from cgi2real.presets import TrainPreset  # noqa: E402
-from cgi2real.train import MaskedCrossEntropy, make_optimizer, run, train_one_epoch  # noqa: E402
+from cgi2real.train import MaskedCrossEntropy, make_optimizer, run, train_one_epoch, train_preset  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 
@@ -57,6 +67,33 @@ def bare_loop(cfg: TrainConfig, epochs: int, device: torch.device) -> list[float
     return rates
 
 
+def reading_stage(cfg: TrainConfig, decode: str, device: torch.device, sample: int = 256) -> tuple[float, float, float]:
+    """(reading CPU ms per image, KiB per image sent to the workers, worker ms per image) of `decode`
+    on the first `sample` files, in this process (the worker's side on `device`)."""
+    images = scan_labeled_dataset(cfg.data[0], cfg.classes)
+    n = min(sample, len(images))
+    masks = images.masks[:n] if images.masks else ("",) * n
+    batch = {"path": np.array(images.paths[:n], object), "label": np.array(images.labels[:n]), "mask": np.array(masks, object)}
+    preset, fs, pairs = train_preset(cfg), [images.root.fs], composite_pairs(cfg.classes)
+    start = time.process_time()  # the reading threads' CPU time is this process's
+    if decode == "cpu":
+        out = load_training_batch(batch, preset, fs, pairs, cfg.paste_prob)
+        return 1000 * (time.process_time() - start) / n, out["image"].nbytes / n / 1024, 0.0
+    rows = read_training_for_device(batch, preset, fs, masks=True)
+    reading = 1000 * (time.process_time() - start) / n
+    sent = sum(len(p) + len(m) + 4 * 4 + 2 for p, m in zip(rows["payload"], rows["mask"]))  # + box, scale, orientation
+    augment = DeviceTrainPreset(preset, device, pairs, cfg.paste_prob)
+    augment({k: v[:cfg.batch_size] for k, v in rows.items()})  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for first in range(0, n, cfg.batch_size):
+        augment({k: v[first:first + cfg.batch_size] for k, v in rows.items()})
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return reading, sent / n / 1024, 1000 * (time.perf_counter() - start) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=SHARED if os.path.isdir(SHARED) else None)
@@ -67,6 +104,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=200, help="generated images per class, without --data")
     parser.add_argument("--generate", action="store_true", help="use generated images even if --data exists")
     parser.add_argument("--gpu", action="store_true", help="train on the GPU (bf16) on both sides")
+    parser.add_argument("--decode", nargs="+", default=["cpu"], choices=["cpu", "device"], help="cgi2real runs, one per mode")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-")
@@ -85,17 +123,22 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.gpu else f"{torch.get_num_threads()} threads"
     print(f"data {cfg.data[0]}, {args.image_size} px, batch {args.batch_size}, {where}, {os.cpu_count()} cores")
 
+    for decode in args.decode:
+        reading, kib, worker = reading_stage(cfg, decode, device)
+        on_worker = f", then {worker:.2f} ms per image decoding and augmenting in the worker ({device.type})" if decode == "device" else ""
+        print(f"reading stage, --decode {decode}: {reading:.2f} ms CPU per image, {kib:.1f} KiB per image to the workers{on_worker}")
     bare = bare_loop(cfg, args.epochs, device)
-    start = time.perf_counter()
-    summary = run(cfg)
-    wall = time.perf_counter() - start
-    ray_rates = [e["img_per_s"] for e in summary.history]
     steady_bare = sum(bare[1:]) / len(bare[1:])
-    steady_ray = sum(ray_rates[1:]) / len(ray_rates[1:])
     print(f"bare torch loop, img/s per epoch:  {', '.join(f'{r:.1f}' for r in bare)}")
-    print(f"cgi2real Ray Train, img/s per epoch: {', '.join(f'{r:.1f}' for r in ray_rates)}")
-    print(f"cgi2real whole run incl. Ray start, validation, checkpoints: {wall:.1f} s")
-    print(f"ratio (steady epochs) Ray Train / bare = {steady_ray:.1f} / {steady_bare:.1f} = {steady_ray / steady_bare:.2f}")
+    for decode in args.decode:
+        start = time.perf_counter()
+        summary = run(replace(cfg, decode=decode, name=f"bench-{decode}"))
+        wall = time.perf_counter() - start
+        ray_rates = [e["img_per_s"] for e in summary.history]
+        steady_ray = sum(ray_rates[1:]) / len(ray_rates[1:])
+        print(f"cgi2real --decode {decode}, img/s per epoch: {', '.join(f'{r:.1f}' for r in ray_rates)}")
+        print(f"cgi2real --decode {decode}, whole run incl. Ray start, validation, checkpoints: {wall:.1f} s")
+        print(f"ratio (steady epochs) --decode {decode} / bare = {steady_ray:.1f} / {steady_bare:.1f} = {steady_ray / steady_bare:.2f}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Run name under --storage; rerun with the same name to resume.")] = None,
     max_failures: Annotated[int, typer.Option(help="Worker failures to recover from the latest checkpoint (-1: no limit).")] = 0,
     max_unreadable: Annotated[float, typer.Option(help="Abort when a larger share of an epoch's images cannot be read or decoded.")] = 0.05,
+    decode: Annotated[
+        Optional[str], typer.Option(help="Where JPEGs are decoded and augmented: cpu (reading tasks) or device (the workers' GPUs, in batches; default with GPUs).")
+    ] = None,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in output order (default both,horse,human).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and initialization.")] = 0,
     pseudo_labels: Annotated[Optional[str], typer.Option(help="A label table (from `cgi2real label`) whose confident rows are one more training root: self-training.")] = None,
@@ -107,7 +110,7 @@ def train(
         image_size=image_size, geometry=geometry, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
         batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
         augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
-        max_failures=max_failures, max_unreadable=max_unreadable, seed=seed, pseudo_labels=pseudo_labels, min_confidence=min_confidence,
+        max_failures=max_failures, max_unreadable=max_unreadable, decode=decode, seed=seed, pseudo_labels=pseudo_labels, min_confidence=min_confidence,
         s3_endpoint=s3_endpoint,
     )
     summary = training.run(cfg)

@@ -12,7 +12,10 @@ from cgi2real.classes import DEFAULT_CLASSES
 GEOMETRIES = ("crop", "pad", "squash")
 LEGACY_GEOMETRY = "crop"  # packages written before the geometry was recorded
 DEFAULT_GEOMETRY = "crop"
-DEFAULT_UNFREEZE_FROM = "Mixed_6a"  # model.BLOCKS: the first block fine-tuned in stage 2
+DEFAULT_UNFREEZE_FROM = "Mixed_6a"
+# Where JPEGs are decoded: "cpu" (reading tasks send pixels) or "device" (they send the bytes; the
+# model's device decodes and, in training, augments them in batches).
+DECODES = ("cpu", "device")  # model.BLOCKS: the first block fine-tuned in stage 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class TrainConfig:
     name: str | None = None  # run name under `storage`; rerun with the same name to resume
     max_failures: int = 0  # worker failures to recover from (from the latest checkpoint)
     max_unreadable: float = 0.05  # abort when a larger share of an epoch's images cannot be read
+    decode: str | None = None  # cpu: reading tasks decode and augment; device: the workers do, in batches; None: device on GPUs
     seed: int = 0  # for the validation split and initialization
     pseudo_labels: str | None = None  # a label table whose confident rows are one more training root (self-training)
     min_confidence: float = 0.9  # the least confidence of a pseudo-labeled row that is used

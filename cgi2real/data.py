@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cgi2real.classes import MASKS_FOLDER, class_for_folder, composite_pairs, is_image_name
+from cgi2real.device_augment import NO_BOX, read_for_training
 from cgi2real.device_preset import device_orientation
 from cgi2real.errors import InputError
 from cgi2real.presets import ImageError, image_errors, paste_figures
@@ -343,23 +344,57 @@ def read_for_device(batch: dict[str, np.ndarray], preset, fs) -> dict[str, np.nd
     payload is the uint8 (3, S, S) pixels' bytes and its orientation 0. An unreadable file has an
     empty payload and its reason in `error`, as on the CPU path.
     """
-    def read(path, size):
-        data, error = read_file(fs, path, size)
-        if error:
-            return b"", 0, error
-        orientation = device_orientation(data)
-        if orientation:
-            return data, orientation, ""
-        pixels, error = preprocess(preset, data)
-        return (b"", 0, error) if error else (pixels.tobytes(), 0, "")
+    rows = list(_reader_pool().map(lambda path, size: _device_row(fs, path, size, preset), batch["path"], batch["size"]))
+    return {"path": batch["path"], **_columns(rows, ("payload", "orientation", "error"))}
 
-    rows = list(_reader_pool().map(read, batch["path"], batch["size"]))
-    return {
-        "path": batch["path"],
-        "payload": np.array([r[0] for r in rows], dtype=object),
-        "orientation": np.array([r[1] for r in rows], dtype=np.int8),
-        "error": np.array([r[2] for r in rows], dtype=object),
-    }
+
+def _device_row(fs, path: str, size: int | None, preset) -> tuple[bytes, int, str]:
+    data, error = read_file(fs, path, size)
+    if error:
+        return b"", 0, error
+    orientation = device_orientation(data)
+    if orientation:
+        return data, orientation, ""
+    pixels, error = preprocess(preset, data)
+    return (b"", 0, error) if error else (pixels.tobytes(), 0, "")
+
+
+_COLUMN_TYPES = {"payload": object, "mask": object, "error": object, "orientation": np.int8, "scale": np.int8, "box": np.int32}
+
+
+def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {name: np.array([r[k] for r in rows], dtype=_COLUMN_TYPES[name]) for k, name in enumerate(names)}
+
+
+def read_labeled_for_device(batch: dict[str, np.ndarray], preset, filesystems) -> dict[str, np.ndarray]:
+    """Batch {path, label[, root]} -> {payload, orientation, error, label}: `read_for_device` for
+    validation images (any root), which `DevicePreset.batch` turns into pixels in the worker."""
+    files = _files(batch, filesystems)
+    rows = list(_reader_pool().map(lambda fs, path: _device_row(fs, path, None, preset), files, batch["path"]))
+    return {**_columns(rows, ("payload", "orientation", "error")), "label": np.asarray(batch["label"], dtype=np.int64)}
+
+
+def read_training_for_device(batch: dict[str, np.ndarray], preset, filesystems, masks: bool) -> dict[str, np.ndarray]:
+    """Batch {path, label, mask, root} -> {payload, orientation, box, scale, mask, label, error}:
+    the reading tasks of training with `--decode device` (`device_augment.read_for_training`).
+
+    Figure masks are read only if `masks` (the recipe uses them). A file that cannot be read or
+    cropped keeps its row, with its reason in `error`: the worker counts it as unreadable.
+    """
+    files = _files(batch, filesystems)
+
+    def read(i: int):
+        data, error = read_file(files[i], batch["path"][i])
+        if error:
+            return b"", 0, NO_BOX, 1, b"", error
+        figure = read_file(files[i], batch["mask"][i])[0] if masks and batch["mask"][i] else None  # a missing mask only means none
+        try:
+            return (*read_for_training(preset, data, figure), "")
+        except ImageError as e:
+            return b"", 0, NO_BOX, 1, b"", str(e)
+
+    rows = list(_reader_pool().map(read, range(len(batch["path"]))))
+    return {**_columns(rows, ("payload", "orientation", "box", "scale", "mask", "error")), "label": np.asarray(batch["label"], dtype=np.int64)}
 
 
 def _read_images(paths, sizes, preset, files, map_fn) -> tuple[np.ndarray, np.ndarray]:
@@ -375,18 +410,29 @@ def _read_images(paths, sizes, preset, files, map_fn) -> tuple[np.ndarray, np.nd
     return images, errors
 
 
-def image_dataset(parts: list[LabeledImages], preset):
-    """A Ray Dataset of preset-transformed {image, label, ok} rows from one or more roots, in order (validation)."""
+def image_dataset(parts: list[LabeledImages], preset, decode: str = "cpu"):
+    """A Ray Dataset of validation rows from one or more roots, in order: preset-transformed
+    {image, label, ok}, or with decode="device" what `DevicePreset.batch` takes (plus label)."""
     import ray.data
 
     rows = file_rows(parts)
     ds = ray.data.from_items(rows, override_num_blocks=row_blocks(rows))
-    return ds.map_batches(load_image_batch, fn_kwargs={"preset": preset, "filesystems": [p.root.fs for p in parts]}, batch_size=32)
+    read = read_labeled_for_device if decode == "device" else load_image_batch
+    return ds.map_batches(read, fn_kwargs={"preset": preset, "filesystems": [p.root.fs for p in parts]}, batch_size=32)
 
 
-def training_dataset(parts: list[LabeledImages], preset, weights: list[float], paste_prob: float):
-    """The training Ray Dataset: re-executed (re-shuffled, re-sampled, re-augmented, re-pasted) each epoch."""
-    kwargs = {"preset": preset, "filesystems": [p.root.fs for p in parts], "paste_pairs": composite_pairs(parts[0].classes), "paste_prob": paste_prob}
+def training_dataset(parts: list[LabeledImages], preset, weights: list[float], paste_prob: float, decode: str = "cpu"):
+    """The training Ray Dataset: re-executed (re-shuffled, re-sampled, re-augmented, re-pasted) each epoch.
+
+    With decode="device" the rows carry JPEG bytes and crop boxes, and the augmentation runs in
+    the worker (`device_augment.DeviceTrainPreset`).
+    """
+    filesystems = [p.root.fs for p in parts]
+    if decode == "device":
+        masks = preset.background_prob > 0 or (paste_prob > 0 and bool(composite_pairs(parts[0].classes)))
+        kwargs = {"preset": preset, "filesystems": filesystems, "masks": masks}
+        return training_rows(parts, weights).map_batches(read_training_for_device, fn_kwargs=kwargs, batch_size=PASTE_BATCH)
+    kwargs = {"preset": preset, "filesystems": filesystems, "paste_pairs": composite_pairs(parts[0].classes), "paste_prob": paste_prob}
     return training_rows(parts, weights).map_batches(load_training_batch, fn_kwargs=kwargs, batch_size=PASTE_BATCH)
 
 

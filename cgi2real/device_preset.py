@@ -22,11 +22,13 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import JpegImagePlugin
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, EvalPreset, center_crop_box, exif_orientation, pad_size
+from cgi2real.presets import MAX_PIXELS, MEAN_COLOUR, EvalPreset, ImageError, center_crop_box, exif_orientation, pad_size
+from cgi2real.storage import first_line
 
 # Components of a JPEG that libjpeg would read as RGB rather than YCbCr: decoders disagree there.
 _RGB_COMPONENT_IDS = (ord("R"), ord("G"), ord("B"))
@@ -39,6 +41,13 @@ def device_orientation(data: bytes) -> int | None:
     None means: decode this file on the CPU (not a JPEG, not 8-bit YCbCr or grayscale, too large,
     perhaps truncated, or anything Pillow's header parsing rejects). Reads headers only.
     """
+    header = device_jpeg(data)
+    return header[0] if header else None
+
+
+def device_jpeg(data: bytes) -> tuple[int, int, int] | None:
+    """(EXIF orientation 1-8, stored width, stored height) of a JPEG the device decoder can take, or
+    None (see `device_orientation`)."""
     if data[:3] != b"\xff\xd8\xff" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None  # not a JPEG, or cut short: the CPU decoder says which, as it always has
     try:
@@ -51,7 +60,7 @@ def device_orientation(data: bytes) -> int | None:
         orientation = exif_orientation(img)  # read as the CPU path reads it
     except Exception:  # whatever Pillow makes of a broken header, the CPU decoder reports it
         return None
-    return orientation
+    return orientation, width, height
 
 
 def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
@@ -187,8 +196,44 @@ class DevicePreset:
 
     def __init__(self, preset: EvalPreset, device: torch.device):
         self.image_size, self.geometry, self.resize_size, self.device = preset.image_size, preset.geometry, preset.resize_size, device
+        self.cpu_preset = preset
         self.plans = _Plans(device)
         self.fill = torch.tensor(MEAN_COLOUR, dtype=torch.uint8, device=device).view(3, 1, 1)
+        self.fell_back = False
+
+    def batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
+        """The reading stage's rows ({payload, orientation}, see `data.read_for_device`) -> uint8
+        (B, 3, S, S) on the device; rows with an error stay zeros.
+
+        JPEGs are decoded in one batch here. If that batch fails, its JPEGs are decoded one by one
+        by the CPU preset, which gives each file its usual pixels or its reason in `errors`.
+        """
+        s = self.image_size
+        orientations = np.asarray(batch["orientation"])
+        rows = np.flatnonzero(errors == "")
+        jpegs = [i for i in rows if orientations[i] > 0]
+        out = torch.zeros((len(orientations), 3, s, s), dtype=torch.uint8, device=self.device)
+        if jpegs:
+            try:
+                out[jpegs] = self([batch["payload"][i] for i in jpegs], [int(orientations[i]) for i in jpegs])
+            except Exception as e:  # nvJPEG refused one of them (arithmetic coding, a corrupt scan, ...): one by one on CPU
+                self.warn_fallback(e)
+                for i in jpegs:
+                    try:
+                        out[i] = self.cpu_preset(batch["payload"][i]).to(self.device)
+                    except ImageError as error:
+                        errors[i] = str(error)
+        decoded = [i for i in rows if orientations[i] == 0]
+        if decoded:
+            raw = np.frombuffer(b"".join(batch["payload"][i] for i in decoded), dtype=np.uint8).reshape(len(decoded), 3, s, s)
+            out[decoded] = torch.from_numpy(raw.copy()).to(self.device, non_blocking=True)
+        return out
+
+    def warn_fallback(self, error: Exception) -> None:
+        if not self.fell_back:
+            self.fell_back = True
+            print(f"warning: a batch failed to decode on {self.device.type} ({first_line(error)}); "
+                  "decoding its JPEGs one by one on the CPU (said once per process)", flush=True)
 
     def __call__(self, datas: list[bytes], orientations: list[int]) -> torch.Tensor:
         """JPEG bytes (as `device_orientation` admitted them) -> uint8 (B, 3, S, S) on the device.

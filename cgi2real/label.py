@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import cgi2real
-from cgi2real.config import LabelConfig
+from cgi2real.config import DECODES, LabelConfig
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.package import PackageInfo, read_package_info
 from cgi2real.progress import Progress
@@ -118,9 +118,6 @@ def _checked_weights(uri: str, s3_endpoint: str | None, config: dict) -> tuple[s
     from cgi2real.labeler import checked_weights
 
     return checked_weights(uri, s3_endpoint, config)
-
-
-DECODES = ("cpu", "device")
 
 
 def check_abstain_below(threshold: float | None) -> None:

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import torch
 
-from cgi2real.data import preprocess
 from cgi2real.device import autocast
 from cgi2real.device_preset import DevicePreset
 from cgi2real.errors import InputError
@@ -20,7 +19,6 @@ from cgi2real.model import package_from_bytes
 from cgi2real.package import read_model_package
 from cgi2real.presets import normalize
 from cgi2real.runtime import node_cpus
-from cgi2real.storage import first_line
 
 
 class Labeler:
@@ -55,18 +53,18 @@ class Labeler:
         self.mean, self.std, self.num_classes = package.mean, package.std, len(package.classes)
         self.decode = decode
         if decode == "device":
-            self.cpu_preset = package.eval_preset()
-            self.device_preset = DevicePreset(self.cpu_preset, self.device)
-        self.warned_fallback = False
+            self.device_preset = DevicePreset(package.eval_preset(), self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = np.array(batch["error"], dtype=object)  # device decoding may add some
-        pixels = self._device_pixels(batch, errors) if self.decode == "device" else None
+        pixels = self.device_preset.batch(batch, errors) if self.decode == "device" else None
         ok = errors == ""
         probs = np.full((len(ok), self.num_classes), np.nan, dtype=np.float32)
         if ok.any():
             if pixels is None:
                 pixels = torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True)
+            else:
+                pixels = pixels[torch.from_numpy(ok).to(self.device)]
             images = normalize(pixels, self.mean, self.std)
             if self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -75,34 +73,6 @@ class Labeler:
             probs[ok] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         now_us = int(time.time() * 1e6)
         return {"path": batch["path"], "probs": probs, "error": errors, "labeled_at": np.full(len(ok), now_us, dtype=np.int64)}
-
-    def _device_pixels(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
-        """uint8 (B_ok, 3, S, S) on the device for the rows without an error; sets `errors` of the
-        JPEGs the CPU preset could not decode either, after a failed batch."""
-        s = self.device_preset.image_size
-        orientations = np.asarray(batch["orientation"])
-        rows = np.flatnonzero(errors == "")
-        jpegs = [i for i in rows if orientations[i] > 0]
-        out = torch.empty((len(batch["path"]), 3, s, s), dtype=torch.uint8, device=self.device)
-        if jpegs:
-            try:
-                out[jpegs] = self.device_preset([batch["payload"][i] for i in jpegs], [int(orientations[i]) for i in jpegs])
-            except Exception as e:  # nvJPEG refused one of them (arithmetic coding, a corrupt scan, ...): one by one on CPU
-                if not self.warned_fallback:
-                    self.warned_fallback = True
-                    print(f"warning: a batch failed to decode on {self.device.type} ({first_line(e)}); "
-                          "decoding its JPEGs one by one on the CPU (said once per model actor)", flush=True)
-                for i in jpegs:
-                    pixels, error = preprocess(self.cpu_preset, batch["payload"][i])
-                    if error:
-                        errors[i] = error
-                    else:
-                        out[i] = torch.from_numpy(pixels).to(self.device)
-        decoded = [i for i in rows if orientations[i] == 0]
-        if decoded:
-            raw = np.frombuffer(b"".join(batch["payload"][i] for i in decoded), dtype=np.uint8).reshape(len(decoded), 3, s, s)
-            out[decoded] = torch.from_numpy(raw.copy()).to(self.device, non_blocking=True)
-        return out[torch.from_numpy(errors == "").to(self.device)]
 
 
 def checked_weights(uri: str, s3_endpoint: str | None, config: dict) -> tuple[str | None, bytes | None]:

@@ -7,6 +7,7 @@ input on the device, so only uint8 pixels (a quarter of the bytes) cross Ray's o
 
 import contextlib
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -244,21 +245,41 @@ class TrainPreset:
         pixels, _ = self.transform(data)
         return torch.from_numpy(self.degrade(pixels.numpy(), np.random.default_rng()))
 
+    def sample_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """A random crop (left, top, right, bottom) of a width x height picture: RandomResizedCrop's
+        draw, on torch's RNG. The device path draws it from a JPEG's header, before any decoding."""
+        shape = torch.empty(1, 1, 1).expand(1, height, width)  # only its size is read
+        top, left, h, w = transforms_v1.RandomResizedCrop.get_params(shape, self.CROP_SCALE, self.crop_ratio)
+        return left, top, left + w, top + h
+
+    @property
+    def framing(self) -> str:
+        """How a crop box becomes the square: crop's boxes are near-square already, so stretched."""
+        return "squash" if self.geometry == "crop" else self.geometry
+
+    def crop(self, data: bytes, mask: bytes | None = None) -> tuple[Image.Image, Image.Image | None]:
+        """The recipe's first, geometric step: decode, draw a crop box, frame it (and the mask) as S x S."""
+        image = decode_image(data, draft_size=self.image_size)
+        box = self.sample_box(image.width, image.height)
+        figure = self.crop_mask(mask, box, image.width, image.height) if mask is not None else None
+        return frame(image, self.image_size, self.framing, box), figure
+
+    def crop_mask(self, mask: bytes, box: tuple[int, ...], width: int, height: int) -> Image.Image:
+        """The figure mask framed by the `box` of a width x height picture (a mask may be stored at another size)."""
+        figure = decode_mask(mask)
+        sx, sy = figure.width / width, figure.height / height
+        left, top, right, bottom = box
+        return frame(figure, self.image_size, self.framing, (left * sx, top * sy, right * sx, bottom * sy), fill=0)
+
     def transform(self, data: bytes, mask: bytes | None = None, rng: np.random.Generator | None = None):
         """(uint8 (3, S, S), float32 figure mask (S, S) in [0, 1] or None): everything but `degrade`.
 
         Raises ImageError, whatever went wrong with this image (see `image_errors`).
         """
         with image_errors():
-            image = decode_image(data, draft_size=self.image_size)
-            top, left, h, w = transforms_v1.RandomResizedCrop.get_params(image, self.CROP_SCALE, self.crop_ratio)  # torch's RNG
-            framing = "squash" if self.geometry == "crop" else self.geometry
-            pixels = frame(image, self.image_size, framing, (left, top, left + w, top + h))
-            if mask is None:
+            pixels, figure = self.crop(data, mask)
+            if figure is None:
                 return self.transforms(pixels), None
-            figure = decode_mask(mask)
-            sx, sy = figure.width / image.width, figure.height / image.height  # a mask may be stored at another size
-            figure = frame(figure, self.image_size, framing, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), fill=0)
             pixels, figure = self.transforms(pixels, tv_tensors.Mask(torch.from_numpy(np.asarray(figure).copy())[None]))
             figure = figure[0].numpy().astype(np.float32) / 255.0
             rng = rng or np.random.default_rng()
@@ -327,28 +348,52 @@ def paste_figures(
     """Cut-and-paste mixing within a batch: copy the figure of a donor image into another image.
 
     pixels uint8 (B, 3, S, S); labels (B,); masks[i] a float (S, S) figure mask or None. `pairs`
-    maps (recipient class, donor class) to the class of the result (horse + human -> both). Each
-    image whose class is a recipient in `pairs` takes, with probability `prob`, the mirrored,
-    shifted figure of a random donor of a matching class that has a mask. Returns new arrays.
+    maps (recipient class, donor class) to the class of the result (horse + human -> both); which
+    images get which figure is `paste_plan`'s draw. Returns new arrays.
     """
     pixels, labels = pixels.copy(), labels.copy()
-    original = labels.copy()
-    donors = {d: [j for j in range(len(labels)) if masks[j] is not None and original[j] == d] for _, d in pairs}
-    size = pixels.shape[-1]
-    for i in range(len(labels)):
+    for paste in paste_plan(labels, [m is not None for m in masks], pairs, prob, pixels.shape[-1], rng):
+        figure, donor = masks[paste.donor], pixels[paste.donor]
+        if paste.mirrored:
+            figure, donor = figure[:, ::-1], donor[:, :, ::-1]
+        figure = _shift(figure, paste.dy, paste.dx)
+        pixels[paste.recipient] = blend(_shift(donor, paste.dy, paste.dx), pixels[paste.recipient], figure)
+        labels[paste.recipient] = paste.result
+    return pixels, labels
+
+
+@dataclass(frozen=True)
+class Paste:
+    """One figure pasted: the donor's figure, mirrored or not and shifted by (dy, dx), into the recipient."""
+
+    recipient: int
+    donor: int
+    mirrored: bool
+    dy: int
+    dx: int
+    result: int  # the recipient's class afterwards
+
+
+def paste_plan(labels, has_mask: list[bool], pairs: dict[tuple[int, int], int], prob: float, size: int, rng: np.random.Generator) -> list[Paste]:
+    """The pastes of a batch, in the order they apply (a later donor may carry an earlier paste).
+
+    Each image whose class is a recipient in `pairs` takes, with probability `prob`, the mirrored
+    (half the time), shifted (up to a quarter of the side) figure of a random other image of a
+    matching donor class that has a mask. The CPU and device paths both apply this plan.
+    """
+    original = np.asarray(labels)
+    donors = {d: [j for j in range(len(original)) if has_mask[j] and original[j] == d] for _, d in pairs}
+    plan = []
+    for i in range(len(original)):
         options = [(d, result) for (r, d), result in pairs.items() if r == original[i] and any(j != i for j in donors[d])]
         if not options or rng.random() >= prob:
             continue
         donor_class, result = options[rng.integers(len(options))]
-        j = rng.choice([j for j in donors[donor_class] if j != i])
-        figure, donor = masks[j], pixels[j]
-        if rng.random() < 0.5:  # mirrored
-            figure, donor = figure[:, ::-1], donor[:, :, ::-1]
+        j = int(rng.choice([j for j in donors[donor_class] if j != i]))
+        mirrored = bool(rng.random() < 0.5)
         dy, dx = (rng.integers(-size // 4, size // 4 + 1, 2)).tolist()
-        figure = _shift(figure, dy, dx)
-        pixels[i] = blend(_shift(donor, dy, dx), pixels[i], figure)
-        labels[i] = result
-    return pixels, labels
+        plan.append(Paste(i, j, mirrored, dy, dx, result))
+    return plan
 
 
 def _shift(array: np.ndarray, dy: int, dx: int) -> np.ndarray:

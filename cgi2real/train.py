@@ -30,7 +30,7 @@ from cgi2real.checkpoints import (
     write_checkpoint,
 )
 from cgi2real.classes import composite_pairs
-from cgi2real.config import GEOMETRIES, LEGACY_GEOMETRY, TrainConfig, from_dict
+from cgi2real.config import DECODES, GEOMETRIES, LEGACY_GEOMETRY, TrainConfig, from_dict
 from cgi2real.data import (
     PASTE_BATCH,
     LabeledImages,
@@ -58,6 +58,8 @@ from cgi2real.model import (
 from cgi2real.progress import RemoteProgress, counted
 from cgi2real.presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
 from cgi2real.device import autocast, model_input
+from cgi2real.device_augment import DeviceTrainPreset
+from cgi2real.device_preset import DevicePreset
 from cgi2real.runtime import check_local_paths, failure_reason, say, start_ray
 from cgi2real.storage import check_bucket, locate
 
@@ -271,6 +273,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.to(memory_format=torch.channels_last)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    train_batches_of, val_batches_of = worker_batches(cfg, config.get("decode", "cpu"), device)
     if progress:
         progress.restart(start_epoch * config["per_epoch"])
     stage = None
@@ -284,17 +287,16 @@ def train_loop_per_worker(config: dict) -> None:
                 optimizer.load_state_dict(resumed_optimizer[1])
                 scheduler.load_state_dict(resumed_optimizer[2])
             resumed_optimizer = None
-        batch_args = dict(batch_size=cfg.batch_size, device=device, prefetch_batches=2)
         lr = optimizer.param_groups[0]["lr"]
         # drop_last: a 1-image batch breaks BatchNorm; shards are equal, so all workers drop alike
-        train_batches = train_shard.iter_torch_batches(**batch_args, drop_last=True, local_shuffle_buffer_size=2 * cfg.batch_size)
+        train_batches = train_batches_of(train_shard, drop_last=True, local_shuffle_buffer_size=2 * cfg.batch_size)
         if progress:
             progress.note(f"epoch {epoch + 1} of {cfg.epochs}")
             train_batches = counted(train_batches, progress, context.get_world_size())
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
         check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)
         scheduler.step()
-        val_stats = reduce_stats(evaluate(model, loss_fn, val_shard.iter_torch_batches(**batch_args), device), device)
+        val_stats = reduce_stats(evaluate(model, loss_fn, val_batches_of(val_shard), device), device)
         check_readable(val_stats, "validation", epoch + 1, cfg.max_unreadable)
         metrics = epoch_metrics(epoch, cfg.epochs, stage, lr, trainable, train_stats, val_stats)
         history.append(metrics)
@@ -437,6 +439,8 @@ def check_options(cfg: TrainConfig) -> None:
         raise InputError(f"--augment {cfg.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
     if cfg.geometry not in GEOMETRIES:
         raise InputError(f"--geometry {cfg.geometry!r}: expected one of {', '.join(GEOMETRIES)}")
+    if cfg.decode is not None and cfg.decode not in DECODES:
+        raise InputError(f"--decode {cfg.decode!r}: expected one of {', '.join(DECODES)}")
     for name in ("background_prob", "paste_prob", "max_unreadable"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
@@ -534,15 +538,16 @@ def run(cfg: TrainConfig) -> TrainSummary:
         raise InputError(f"--gpu with {cfg.workers} worker(s) needs as many GPUs; this machine has {int(gpus)}")
     data_context = ray.data.DataContext.get_current()  # one line per epoch instead of Ray Data's bars
     data_context.enable_progress_bars = data_context.print_on_execution_start = False
-    datasets = training_datasets(data, cfg)
+    decode = cfg.decode or ("device" if use_gpu else "cpu")
+    datasets = training_datasets(data, cfg, decode)
     start = (start_config, ray.put(start_bytes) if start_bytes is not None else None)
     per_epoch = sum(drawn.values())
     with RemoteProgress("training", cfg.epochs * per_epoch) as progress:
         result = _fit(cfg, name, storage, use_gpu, datasets, {
             "cfg": asdict(cfg), "class_weights": list(weights.values()), "split": data.split(), "start": start,
-            "progress": progress.reporter(), "per_epoch": per_epoch,
+            "progress": progress.reporter(), "per_epoch": per_epoch, "decode": decode,
         })
-    return export_best(result, cfg, counts, weights, use_gpu)
+    return export_best(result, cfg, counts, weights, use_gpu, decode)
 
 
 def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, loop_config: dict):
@@ -569,13 +574,44 @@ def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, lo
         raise RunFailed(f"training failed: {failure_reason(e, UnreadableImages)} (run folder {storage.child(name).uri}; rerun with the same --storage/--name to resume)") from e
 
 
-def training_datasets(data: TrainingData, cfg: TrainConfig) -> dict:
-    """The Ray Datasets of a run; both are streamed every epoch: nothing is decoded ahead and held."""
-    train_preset = TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob, cfg.geometry)
+def training_datasets(data: TrainingData, cfg: TrainConfig, decode: str = "cpu") -> dict:
+    """The Ray Datasets of a run; both are streamed every epoch: nothing is decoded ahead and held.
+
+    With decode="device" they carry JPEG bytes, which the workers decode (`worker_batches`).
+    """
     return {
-        "train": training_dataset(data.train, train_preset, data.weights, cfg.paste_prob),
-        "val": image_dataset(data.val, EvalPreset(cfg.image_size, cfg.geometry)),
+        "train": training_dataset(data.train, train_preset(cfg), data.weights, cfg.paste_prob, decode),
+        "val": image_dataset(data.val, EvalPreset(cfg.image_size, cfg.geometry), decode),
     }
+
+
+def train_preset(cfg: TrainConfig) -> TrainPreset:
+    return TrainPreset(cfg.image_size, cfg.augment, cfg.background_prob, cfg.geometry)
+
+
+def worker_batches(cfg: TrainConfig, decode: str, device: torch.device):
+    """(train, val) functions from a dataset shard to its batches of model input on `device`.
+
+    decode="cpu": the rows are pixels already, moved by Ray. decode="device": the rows are bytes,
+    decoded and augmented here in batches (`DeviceTrainPreset`, `DevicePreset`).
+    """
+    if decode == "cpu":
+        def torch_batches(shard, **options):
+            return shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, prefetch_batches=2, **options)
+
+        return torch_batches, torch_batches
+    augment = DeviceTrainPreset(train_preset(cfg), device, composite_pairs(cfg.classes), cfg.paste_prob)
+    frame = DevicePreset(EvalPreset(cfg.image_size, cfg.geometry), device)
+
+    def val_batch(batch: dict) -> dict:
+        errors = np.array(batch["error"], dtype=object)
+        images = frame.batch(batch, errors)
+        return {"image": images, "label": torch.from_numpy(batch["label"]).to(device), "ok": torch.from_numpy(errors == "").to(device)}
+
+    def batches(to_batch):
+        return lambda shard, **options: map(to_batch, shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2, **options))
+
+    return batches(augment), batches(val_batch)
 
 
 def checkpoint_config():
@@ -586,7 +622,7 @@ def checkpoint_config():
 
 
 # Settings that may change when a run resumes; any other difference would corrupt it.
-RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "storage", "name", "max_failures", "max_unreadable", "s3_endpoint"})
+RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "decode", "storage", "name", "max_failures", "max_unreadable", "s3_endpoint"})
 # What a run checkpointed before a setting existed did instead (compared when resuming it).
 LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY, "pseudo_labels": None, "min_confidence": 0.9}
 
@@ -601,7 +637,7 @@ def pick_best(result) -> tuple:
     return max(result.best_checkpoints, key=lambda cm: (cm[1]["val_acc"], -cm[1]["val_loss"]))
 
 
-def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: bool) -> TrainSummary:
+def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: bool, decode: str) -> TrainSummary:
     """Write the best-by-validation checkpoint (accuracy, then loss) as the model package."""
     best_checkpoint, best = pick_best(result)
     history = checkpoint_file(result.checkpoint, TRAIN_STATE_JSON, json.loads)["history"]
@@ -616,6 +652,7 @@ def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: 
         "best": best,
         "workers": cfg.workers,
         "device": "gpu" if use_gpu else "cpu",
+        "decode": decode,
     }
     save_model_package(state_dict, {**package, "training": training}, cfg.out, cfg.s3_endpoint)
     return TrainSummary(locate(cfg.out, cfg.s3_endpoint).uri, str(result.path), best["epoch"], best, history)

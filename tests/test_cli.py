@@ -74,6 +74,7 @@ def test_train_bad_recipe_options(image_root, tmp_path):
     assert_one_line_error(run(*base, "--augment", "heavy"), "--augment 'heavy'", "basic, real")
     assert_one_line_error(run(*base, "--background-prob", "1.5"), "--background-prob must be between 0 and 1")
     assert_one_line_error(run(*base, "--label-smoothing", "1"), "--label-smoothing")
+    assert_one_line_error(run(*base, "--decode", "gpu"), "--decode 'gpu'", "cpu, device")
 
 
 def test_evaluate_and_label_refuse_a_bad_abstain_threshold(image_root, tmp_path):

@@ -1,6 +1,7 @@
 """Ray Jobs against a real head started with `ray start` on 127.0.0.1: `cgi2real submit`, S3 in between."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,19 +22,25 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A real single-node Ray cluster (head with dashboard and Jobs API) on free loopback ports."""
+    """A real single-node Ray cluster (head with dashboard and Jobs API) on free loopback ports.
+
+    `ray start --block` in a session of its own: its processes are stopped by signalling that
+    session, not by `ray stop`, which would stop every Ray instance on the machine (those of tests
+    running in parallel too).
+    """
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # jobs run `python`
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
-    subprocess.run(
-        [ray, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--port", str(port), "--dashboard-host", "127.0.0.1",
          "--dashboard-port", str(dashboard), "--num-cpus", "4", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=120,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 60
-    while True:  # the Jobs API comes up a little after `ray start` returns
+    deadline = time.monotonic() + 120
+    while True:  # the Jobs API comes up a while after the head starts
+        assert head.poll() is None, "ray start failed"
         try:
             urllib.request.urlopen(f"{address}/api/version", timeout=2)
             break
@@ -43,7 +50,11 @@ def ray_head():
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
             time.sleep(0.5)
     yield address
-    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    os.killpg(head.pid, signal.SIGTERM)  # the head and everything it started: they share its session
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
 
 
 def submit(*args):

@@ -32,10 +32,16 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, image_root, tmp_path_factory):
-    """Two workers, 1 head + 1 fine-tune epoch, on two roots: 24 and 6 (drawn x0.5) generated images per class."""
+    """Two workers, 1 head + 1 fine-tune epoch, on two roots: 24 and 6 (drawn x0.5) generated images per class.
+
+    JPEG bytes go to the workers, which decode and augment them (--decode device, on their CPUs
+    here), with the default recipe: masks, random backgrounds, pasting. The other training tests
+    take the CPU path.
+    """
     tmp = tmp_path_factory.mktemp("trained")
     out = invoke("train", image_root(24, 96), image_root(6, 96, seed=3), "--data-weights", "1,0.5", "--out", tmp / "pkg", *SMALL,
-                 "--epochs-head", 1, "--epochs-finetune", 1, "--workers", 2, "--storage", tmp / "runs", "--name", "two-workers")
+                 "--epochs-head", 1, "--epochs-finetune", 1, "--workers", 2, "--storage", tmp / "runs", "--name", "two-workers",
+                 "--decode", "device")
     return tmp, out
 
 
@@ -54,7 +60,8 @@ def test_two_workers_write_a_valid_package(trained):
     assert counts["train"] == {"both": 24, "horse": 24, "human": 24} and counts["val"] == {"both": 6, "horse": 6, "human": 6}
     assert [(r["weight"], r["train"]["horse"], r["val"]["horse"], r["masks"]) for r in counts["roots"]] == [(1.0, 19, 5, 57), (0.5, 5, 1, 15)]
     assert "drawn x0.5 per epoch" in output
-    assert training["workers"] == 2 and training["best_epoch"] in (1, 2)
+    assert training["workers"] == 2 and training["best_epoch"] in (1, 2) and training["decode"] == "device"
+    assert all(e["bad_images"] == 0 for e in training["epochs"])
     assert "model package: " in output and str(tmp / "pkg") in output
     checkpoints = sorted(os.listdir(tmp / "runs" / "two-workers"))
     assert "epoch_0002" in checkpoints
