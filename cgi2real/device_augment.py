@@ -12,8 +12,9 @@ and JPEG compression. The distributions are the CPU recipe's; tests/test_device_
 compares them.
 
 Where the two paths differ: the device decodes a large JPEG at full size where Pillow decodes it
-at a reduced scale (`draft`), so the crop is resized from more pixels; and backgrounds are drawn
-by the CPU code (`presets.random_background`) and copied to the device.
+at a reduced scale (`draft`), so the crop is resized from more pixels; random draws come from
+numpy on the host (parameters) and torch on the device (noise), not from one stream; and the
+colour-field backgrounds are upsampled by torch's bicubic, not Pillow's.
 """
 
 import warnings
@@ -26,7 +27,7 @@ from torchvision.transforms.functional import _get_inverse_affine_matrix
 
 from cgi2real.device_preset import decode_jpegs, device_jpeg, draft_scale
 from cgi2real.presets import (
-    MEAN_COLOUR, ImageError, Paste, TrainPreset, decode_image, frame, image_errors, pad_size, paste_plan, random_background,
+    MEAN_COLOUR, Backdrop, ImageError, Paste, TrainPreset, decode_image, draw_backdrop, frame, image_errors, pad_size, paste_plan,
 )
 from cgi2real.storage import first_line
 
@@ -92,8 +93,8 @@ class DeviceTrainPreset:
         images, labels = self.augment(images, masks, has_mask & ok, labels, ok, rng)
         return {
             "image": images.round_().clamp_(0, 255).to(torch.uint8),
-            "label": torch.from_numpy(labels).to(self.device),
-            "ok": torch.from_numpy(ok).to(self.device),
+            "label": _to(labels, self.device),
+            "ok": _to(ok, self.device),
         }
 
     # --- decoding and cropping --------------------------------------------------------------
@@ -121,7 +122,7 @@ class DeviceTrainPreset:
         cropped = [i for i in rows if orientations[i] == 0]
         if cropped:
             raw = np.frombuffer(b"".join(batch["payload"][i] for i in cropped), dtype=np.uint8).reshape(len(cropped), 3, s, s)
-            out[cropped] = torch.from_numpy(raw.copy()).to(self.device, non_blocking=True).float()
+            out[cropped] = _to(raw, self.device).float()
         return out
 
     def _decode(self, datas: list[bytes]) -> list[torch.Tensor] | None:
@@ -157,7 +158,7 @@ class DeviceTrainPreset:
         masks = torch.zeros((len(column), 1, s, s), dtype=torch.float32, device=self.device)
         if has_mask.any():
             raw = np.frombuffer(b"".join(m for m in column if len(m)), dtype=np.uint8).reshape(-1, 1, s, s)
-            masks[torch.from_numpy(has_mask).to(self.device)] = torch.from_numpy(raw.copy()).to(self.device).float() / 255.0
+            masks[_indices(has_mask, self.device)] = _to(raw, self.device).float() / 255.0
         return masks, has_mask
 
     # --- the recipe, batched ---------------------------------------------------------------
@@ -170,7 +171,7 @@ class DeviceTrainPreset:
             x, masks = affine(x, masks, self.fill, rng)
             x = color_jitter(x, 0.3 if preset.augment == "basic" else 0.45, rng)
         if preset.augment == "real":
-            x = torch.where(self._draw(rng, 0.1), gray(x).expand_as(x), x)
+            x = torch.where(_where(rng.random(len(x)) < 0.1, self.device), gray(x).expand_as(x), x)
         if preset.background_prob > 0 and has_mask.any():
             x = self.backgrounds(x, masks, has_mask, rng)
         if self.paste_prob > 0 and self.paste_pairs:
@@ -181,20 +182,48 @@ class DeviceTrainPreset:
         return x, labels
 
     def backgrounds(self, x, masks, has_mask, rng):
-        """`background_prob` of the masked images put on a random background (drawn by the CPU code)."""
-        s = self.preset.image_size
-        for i in np.flatnonzero(has_mask):
-            if rng.random() < self.preset.background_prob:
-                background = torch.from_numpy(random_background(s, rng)).to(self.device).float()
-                x[i] = (x[i] * masks[i] + background * (1 - masks[i])).round()
+        """`background_prob` of the masked images put on a random background (`presets.draw_backdrop`)."""
+        chosen = [i for i in np.flatnonzero(has_mask) if rng.random() < self.preset.background_prob]
+        if chosen:
+            index = _to(np.array(chosen), self.device)
+            backdrops = render_backdrops([draw_backdrop(rng) for _ in chosen], self.preset.image_size, self.device)
+            figures = masks[index]
+            x[index] = (x[index] * figures + backdrops * (1 - figures)).round()
         return x
 
-    def _draw(self, rng, prob: float, n: int | None = None) -> torch.Tensor:
-        return _where(rng.random(n or 1) < prob, self.device)
+
+def render_backdrops(backdrops: list[Backdrop], size: int, device: torch.device) -> torch.Tensor:
+    """float (n, 3, S, S) backgrounds on `device`, as `presets.random_background` renders them
+    (the colour field's bicubic is torch's, not Pillow's)."""
+    out = torch.empty((len(backdrops), 3, size, size), device=device)
+    t = torch.linspace(0, 1, size, device=device)
+    for i, b in enumerate(backdrops):
+        colours = torch.as_tensor(np.asarray(b.colours, np.float32), device=device)
+        if b.kind == "plain":
+            out[i] = colours.view(3, 1, 1)
+        elif b.kind == "field":
+            field = colours.permute(2, 0, 1)[None]  # (1, 3, cells, cells)
+            out[i] = F.interpolate(field, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 255).round()
+        else:
+            share = ((t - b.horizon) * b.steepness + 0.5).clamp(0, 1).view(1, size, 1)
+            out[i] = colours[0].view(3, 1, 1) * (1 - share) + colours[1].view(3, 1, 1) * share
+    grain = torch.randn((len(backdrops), 1, size, size), device=device) * _to(np.array([b.texture for b in backdrops], np.float32), device).view(-1, 1, 1, 1)
+    return (out + grain).clamp(0, 255).floor()
+
+
+def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device` without waiting for the work queued there (small parameter arrays,
+    copied through a staging buffer, so the array may go at once)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+
+
+def _indices(chosen: np.ndarray, device) -> torch.Tensor:
+    """Integer indices of the chosen rows: indexing with them needs no device-to-host sync, a boolean mask does."""
+    return _to(np.flatnonzero(chosen), device)
 
 
 def _where(chosen: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(chosen)).to(device).view(-1, 1, 1, 1)
+    return _to(np.asarray(chosen), device).view(-1, 1, 1, 1)
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -219,10 +248,10 @@ def affine(x, masks, fill, rng, degrees=40.0, translate=0.2, shear=11.5):
     angles = rng.uniform(-degrees, degrees, b)
     tx, ty = np.round(rng.uniform(-translate * w, translate * w, b)), np.round(rng.uniform(-translate * h, translate * h, b))
     shears = rng.uniform(-shear, shear, b)
-    theta = torch.tensor(
+    theta = _to(np.array(
         [_get_inverse_affine_matrix([0.0, 0.0], float(a), [float(dx), float(dy)], 1.0, [float(sx), 0.0]) for a, dx, dy, sx in zip(angles, tx, ty, shears)],
-        dtype=torch.float32, device=x.device,
-    ).view(b, 2, 3)
+        dtype=np.float32,
+    ), x.device).view(b, 2, 3)
     # torchvision's _affine_grid: pixel-centred coordinates, the matrix rescaled to [-1, 1]
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device)
@@ -241,7 +270,7 @@ def color_jitter(x, strength: float, rng):
     order = np.argsort(rng.random((b, 3)), axis=1)  # a random permutation of the three per image
     for step in range(3):
         for op in range(3):  # a factor of 1 leaves an image as it is
-            f = torch.from_numpy(np.where(order[:, step] == op, factors[:, op], 1.0)).float().to(x.device).view(-1, 1, 1, 1)
+            f = _to(np.where(order[:, step] == op, factors[:, op], 1.0).astype(np.float32), x.device).view(-1, 1, 1, 1)
             if op == 0:
                 other = torch.zeros_like(x[:, :1])  # brightness: blend with black
             elif op == 1:
@@ -279,10 +308,11 @@ def degrade(x, size: int, rng):
     blurred = rng.random(b) < 0.3
     sigmas = rng.uniform(0.3, 1.5, b) * size / 128
     if blurred.any():
-        x[torch.from_numpy(blurred).to(x.device)] = gaussian_blur(x[torch.from_numpy(blurred).to(x.device)], sigmas[blurred])
+        index = _indices(blurred, x.device)
+        x[index] = gaussian_blur(x[index], sigmas[blurred])
     noisy = rng.random(b) < 0.3
     if noisy.any():
-        std = torch.from_numpy(rng.uniform(2, 10, b)).float().to(x.device).view(-1, 1, 1, 1)
+        std = _to(rng.uniform(2, 10, b).astype(np.float32), x.device).view(-1, 1, 1, 1)
         mono = _where(rng.random(b) < 0.5, x.device)
         noise = torch.randn_like(x)
         noise = torch.where(mono, noise[:, :1].expand_as(x), noise) * std
@@ -299,7 +329,7 @@ def gaussian_blur(x, sigmas: np.ndarray) -> torch.Tensor:
     n, c, h, w = x.shape
     radius = int(np.ceil(3 * sigmas.max()))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    kernels = torch.exp(-0.5 * (offsets[None] / torch.from_numpy(sigmas).float().to(x.device)[:, None]) ** 2)
+    kernels = torch.exp(-0.5 * (offsets[None] / _to(sigmas.astype(np.float32), x.device)[:, None]) ** 2)
     kernels = (kernels / kernels.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * 3, 2r + 1)
     planes = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
     planes = F.conv2d(planes, kernels.view(n * c, 1, 1, -1), groups=n * c)

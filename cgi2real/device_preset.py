@@ -74,25 +74,32 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]
         return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
 
-def _pillow_weights(in_size: int, in0: float, in1: float, out_size: int) -> tuple[torch.Tensor, int]:
+def _pillow_weights(in_size: int, in0: float, in1: float, out_size: int) -> tuple[np.ndarray, int]:
     """Pillow's bilinear resampling weights from source span [in0, in1) to `out_size` pixels.
 
     Returns (weights (out_size, n), first): output pixel i is sum_j weights[i, j] * source[first + j].
     This is Pillow's `precompute_coeffs` (support widened by the scale when shrinking, each row
-    normalized), with its 8-bit fixed-point rounding of the coefficients.
+    normalized), with its 8-bit fixed-point rounding of the coefficients. Each output pixel has
+    only a few taps: they are computed as (out_size, taps) and scattered into the band, in numpy
+    (a plan per picture size is built on the CPU, where small torch ops cost far more).
     """
     scale = (in1 - in0) / out_size
     filterscale = max(scale, 1.0)
     support = filterscale  # the bilinear filter's support is 1
-    centers = in0 + (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
-    first = max(0, int(centers[0].item() - support + 0.5))
-    last = min(in_size, int(centers[-1].item() + support + 0.5))
-    sources = torch.arange(first, last, dtype=torch.float64)
-    weights = (1.0 - ((sources[None, :] - centers[:, None] + 0.5) / filterscale).abs()).clamp(min=0.0)
-    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    centers = in0 + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    low = np.maximum((centers - support + 0.5).astype(np.int64), 0)  # Pillow's xmin and xmax, per output pixel
+    high = np.minimum((centers + support + 0.5).astype(np.int64), in_size)
+    sources = low[:, None] + np.arange(int(np.ceil(2 * support)) + 2)[None, :]
+    taps = np.clip(1.0 - np.abs((sources - centers[:, None] + 0.5) / filterscale), 0.0, None)
+    taps[sources >= high[:, None]] = 0.0
+    taps /= np.maximum(taps.sum(axis=1, keepdims=True), 1e-12)
     precision = float(1 << 22)  # Pillow's PRECISION_BITS for 8-bit images
-    weights = torch.floor(weights * precision + 0.5) / precision
-    return weights.float(), first
+    taps = np.floor(taps * precision + 0.5) / precision
+    first, last = int(low[0]), int(high[-1])
+    weights = np.zeros((out_size, last - first), dtype=np.float32)
+    used = taps > 0
+    weights[np.nonzero(used)[0], sources[used] - first] = taps[used]
+    return weights, first
 
 
 @dataclass(frozen=True)
@@ -101,14 +108,14 @@ class _Axis:
     j < width. The weights are per reduced pixel (already divided by its block's size), so the
     matrix is `scale` times narrower than the stored band until `expand` spreads it."""
 
-    weights: torch.Tensor  # (out, n) float32
+    weights: np.ndarray  # (out, n) float32
     first: int  # first stored pixel of the band
     width: int  # stored pixels in the band
     scale: int
 
     def expand(self, device: torch.device) -> torch.Tensor:
         """The (out, width) matrix on `device` (spread there: it is `scale` times larger)."""
-        return self.weights.to(device).repeat_interleave(self.scale, dim=1)[:, : self.width].contiguous()
+        return torch.from_numpy(self.weights).to(device, non_blocking=True).repeat_interleave(self.scale, dim=1)[:, : self.width].contiguous()
 
 
 @dataclass(frozen=True)
@@ -135,12 +142,12 @@ def _axis(length: int, scale: int, in0: float, in1: float, out_size: int, revers
     reduced = -(-length // scale)
     weights, first = _pillow_weights(reduced, in0, in1, out_size)  # on the reduced, upright axis
     if reverse:  # upright index j is stored (reduced) index reduced - 1 - j
-        weights, first = weights.flip(1), reduced - first - weights.shape[1]
-    counts = torch.full((weights.shape[1],), float(scale))
+        weights, first = weights[:, ::-1], reduced - first - weights.shape[1]
+    counts = np.full(weights.shape[1], float(scale), dtype=np.float32)
     if first + weights.shape[1] == reduced:
         counts[-1] = length - (reduced - 1) * scale  # the last block may be short
     width = min(length - first * scale, weights.shape[1] * scale)
-    return _Axis((weights / counts).contiguous(), first * scale, width, scale)
+    return _Axis(np.ascontiguousarray(weights / counts, dtype=np.float32), first * scale, width, scale)
 
 
 def _make_plan(height: int, width: int, orientation: int, size: int, resize_size: int, geometry: str) -> tuple:

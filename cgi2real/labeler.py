@@ -64,7 +64,7 @@ class Labeler:
             if pixels is None:
                 pixels = torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True)
             else:
-                pixels = pixels[torch.from_numpy(ok).to(self.device)]
+                pixels = pixels[torch.from_numpy(np.flatnonzero(ok)).to(self.device)]  # integer indices: no device sync
             images = normalize(pixels, self.mean, self.std)
             if self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ input on the device, so only uint8 pixels (a quarter of the bytes) cross Ray's o
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -322,23 +322,45 @@ def blend(pixels: np.ndarray, other: np.ndarray, figure: np.ndarray) -> np.ndarr
     return mixed.round().astype(np.uint8)
 
 
-def random_background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A uint8 (3, S, S) backdrop: a plain colour (often near-white, as in studio shots), a smooth
-    random colour field, or a sky-to-ground gradient, with a little texture."""
+@dataclass(frozen=True)
+class Backdrop:
+    """The random draws of one background (`draw_backdrop`), rendered by `random_background` here
+    and by `device_augment.render_backdrops` on a device."""
+
+    kind: str  # plain | field | gradient
+    colours: np.ndarray  # plain: (3,); field: (cells, cells, 3) uint8 cell colours; gradient: (2, 3) top and bottom
+    horizon: float = 0.0  # gradient: where the sky meets the ground, as a share of the height
+    steepness: float = 0.0  # gradient: how sharply
+    texture: float = 0.0  # the standard deviation of the grain laid over it
+
+
+def draw_backdrop(rng: np.random.Generator) -> Backdrop:
+    """A plain colour (often near-white, as in studio shots), a smooth random colour field, or a
+    sky-to-ground gradient, with a little texture."""
     kind = rng.random()
     if kind < 0.3:
-        colour = rng.uniform(225, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 255, 3)
-        base = np.broadcast_to(colour[:, None, None], (3, size, size)).astype(np.float32)
+        backdrop = Backdrop("plain", rng.uniform(225, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 255, 3))
     elif kind < 0.65:
         cells = int(rng.integers(2, 6))
-        field = Image.fromarray(rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        base = np.asarray(field, np.float32).transpose(2, 0, 1)
+        backdrop = Backdrop("field", rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8))
     else:
         top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        horizon = rng.uniform(0.2, 0.8)
-        t = np.clip((np.linspace(0, 1, size) - horizon) * rng.uniform(3, 20) + 0.5, 0, 1)
+        backdrop = Backdrop("gradient", np.stack([top, bottom]), rng.uniform(0.2, 0.8), rng.uniform(3, 20))
+    return replace(backdrop, texture=rng.uniform(0, 12))
+
+
+def random_background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 (3, S, S) backdrop drawn by `draw_backdrop`, with its grain."""
+    b = draw_backdrop(rng)
+    if b.kind == "plain":
+        base = np.broadcast_to(b.colours[:, None, None], (3, size, size)).astype(np.float32)
+    elif b.kind == "field":
+        base = np.asarray(Image.fromarray(b.colours).resize((size, size), Image.BICUBIC), np.float32).transpose(2, 0, 1)
+    else:
+        t = np.clip((np.linspace(0, 1, size) - b.horizon) * b.steepness + 0.5, 0, 1)
+        top, bottom = b.colours
         base = (top[:, None, None] * (1 - t)[None, :, None] + bottom[:, None, None] * t[None, :, None]) * np.ones((1, 1, size))
-    texture = rng.normal(0, rng.uniform(0, 12), (1, size, size))
+    texture = rng.normal(0, b.texture, (1, size, size))
     return (base + texture).clip(0, 255).astype(np.uint8)
 
 

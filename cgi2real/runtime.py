@@ -30,7 +30,9 @@ def start_ray(min_cpus: int) -> None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**ray_init_options())
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), **ray_init_options())
+            # "local": a new instance even when a `ray start` cluster runs on this machine (without
+            # an address Ray would join that one, whose CPUs were not sized for this run)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, min_cpus), **ray_init_options())
 
 
 def say(line: str) -> None:

@@ -119,7 +119,7 @@ def ray_cluster():
     import ray
 
     os.environ.update(S3_ENV)
-    ray.init(num_cpus=4)
+    ray.init(address="local", num_cpus=4)  # not a `ray start` head or a Cluster another test process runs
     yield ray
     ray.shutdown()
 

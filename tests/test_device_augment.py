@@ -100,7 +100,7 @@ def _vertical_share(grey: np.ndarray) -> np.ndarray:
     return dy / (dx + dy)
 
 
-def test_picture() -> bytes:
+def striped_picture() -> bytes:
     """`photo` with horizontal stripes (for angles) and fine grain (for blur and compression)."""
     from PIL import Image
 
@@ -143,12 +143,16 @@ def test_the_device_recipe_draws_from_the_cpu_recipes_distributions(augment, bac
     """Every feature of N augmented images, per image, is distributed alike on both paths (KS test),
     and within one device batch the images get their own draws, not the batch's."""
     preset = TrainPreset(SIZE, augment, background_prob)
-    data, mask = test_picture(), figure_mask(120, 90) if background_prob else None
+    data, mask = striped_picture(), figure_mask(120, 90) if background_prob else None
     cpu, device = features(cpu_recipe(preset, data, mask, N)), features(device_recipe(preset, data, mask, N))
     distances = {name: round(ks(cpu[name], device[name]), 3) for name in cpu}
     assert max(distances.values()) < KS_LIMIT, distances
+    # one batch's draws are its images', not the batch's: some of its images are mirrored, some not
     flipped = device["red left - right"][:50] > 0  # the red corner is top left: > 0 unless mirrored
     assert 10 < flipped.sum() < 40, flipped.sum()
+    if augment == "real":  # and a tenth of them, not all or none, are grey
+        grey = device["saturation"].reshape(-1, 50) < 3
+        assert 0.04 < grey.mean() < 0.18 and grey.mean(axis=1).max() < 0.5, grey.sum(axis=1)
 
 
 def test_pastes_apply_as_on_the_cpu():

@@ -31,10 +31,12 @@ def ray_head():
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # jobs run `python`
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
     head = subprocess.Popen(
+        # the job agent's port too: its default (52365) may be taken by another test process's Ray
         [ray, "start", "--head", "--block", "--port", str(port), "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(dashboard), "--num-cpus", "4", "--disable-usage-stats"],
+         "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent), "--ray-client-server-port", str(client),
+         "--num-cpus", "4", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
