@@ -84,7 +84,7 @@ class DeviceTrainPreset:
         self.fell_back = False
 
     def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        rng = rng or np.random.default_rng(int(torch.randint(2**62, ())))  # seeded from torch's RNG, like the crop boxes
+        rng = rng or np.random.default_rng()  # fresh entropy: data-parallel workers share torch's seed, not these draws
         errors = np.array(batch["error"], dtype=object)
         images = self.crops(batch, errors)
         masks, has_mask = self.masks(batch["mask"])
@@ -186,13 +186,13 @@ class DeviceTrainPreset:
         chosen = [i for i in np.flatnonzero(has_mask) if rng.random() < self.preset.background_prob]
         if chosen:
             index = _to(np.array(chosen), self.device)
-            backdrops = render_backdrops([draw_backdrop(rng) for _ in chosen], self.preset.image_size, self.device)
+            backdrops = render_backdrops([draw_backdrop(rng) for _ in chosen], self.preset.image_size, self.device, rng)
             figures = masks[index]
             x[index] = (x[index] * figures + backdrops * (1 - figures)).round()
         return x
 
 
-def render_backdrops(backdrops: list[Backdrop], size: int, device: torch.device) -> torch.Tensor:
+def render_backdrops(backdrops: list[Backdrop], size: int, device: torch.device, rng: np.random.Generator) -> torch.Tensor:
     """float (n, 3, S, S) backgrounds on `device`, as `presets.random_background` renders them
     (the colour field's bicubic is torch's, not Pillow's)."""
     out = torch.empty((len(backdrops), 3, size, size), device=device)
@@ -207,14 +207,20 @@ def render_backdrops(backdrops: list[Backdrop], size: int, device: torch.device)
         else:
             share = ((t - b.horizon) * b.steepness + 0.5).clamp(0, 1).view(1, size, 1)
             out[i] = colours[0].view(3, 1, 1) * (1 - share) + colours[1].view(3, 1, 1) * share
-    grain = torch.randn((len(backdrops), 1, size, size), device=device) * _to(np.array([b.texture for b in backdrops], np.float32), device).view(-1, 1, 1, 1)
+    grain = torch.randn((len(backdrops), 1, size, size), device=device, generator=_generator(rng, device)) * _to(np.array([b.texture for b in backdrops], np.float32), device).view(-1, 1, 1, 1)
     return (out + grain).clamp(0, 255).floor()
+
+
+def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
+    """A torch generator on `device` seeded from `rng`: the device's noise follows the batch's draws."""
+    return torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
 
 
 def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array on `device` without waiting for the work queued there (small parameter arrays,
     copied through a staging buffer, so the array may go at once)."""
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device, non_blocking=True)
 
 
 def _indices(chosen: np.ndarray, device) -> torch.Tensor:
@@ -314,7 +320,7 @@ def degrade(x, size: int, rng):
     if noisy.any():
         std = _to(rng.uniform(2, 10, b).astype(np.float32), x.device).view(-1, 1, 1, 1)
         mono = _where(rng.random(b) < 0.5, x.device)
-        noise = torch.randn_like(x)
+        noise = torch.randn(x.shape, device=x.device, generator=_generator(rng, x.device))
         noise = torch.where(mono, noise[:, :1].expand_as(x), noise) * std
         x = torch.where(_where(noisy, x.device), (x + noise).clamp(0, 255).floor(), x)
     compressed = np.flatnonzero(rng.random(b) < 0.5)
