@@ -1,6 +1,6 @@
 """Framing plans of `--decode device` labeling: CPU time per picture size, this code against a copy of another.
 
-    python bench/device_plans.py [--sizes 500] [--against OLD_device_preset.py]
+    python bench/device_plans.py [--sizes 500] [--against OLD_device_preset.py] [--threads 1]
 
 A model actor builds one plan per stored picture size and orientation it meets (`device_preset._make_plan`),
 on its CPU, and keeps the last 512. A bucket of photos of many sizes builds one for nearly every
@@ -42,7 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, default=500)
     parser.add_argument("--against", help="another device_preset.py (e.g. from `git show REV:cgi2real/device_preset.py`)")
+    parser.add_argument("--threads", type=int, help="torch threads (a GPU model actor has 1); default torch's")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     shapes = sizes(args.sizes)
     other = None
     if args.against:
