@@ -8,12 +8,13 @@
 # Results go to $OUT/label.txt and $OUT/train.txt (what the tool brings back) and to stdout.
 #
 # PART=label or PART=train runs one of the two. Dry run on a CPU machine, small and without --gpu, to check the script itself before spending
-# device time:  DRY=1 bash bench/gpu.sh
+# device time, with the venv first on PATH:  PATH=$PWD/.venv/bin:$PATH DRY=1 bash bench/gpu.sh
 #
 # 1. labeling: 50,000 JPEGs of mixed sizes (mostly 300-1,000 px, 2 % of 12 megapixels) at 299 px:
-#    the bare bf16 model, then the pipeline with --decode device (1 and 2 replicas per GPU) and
-#    --decode cpu; each mode's reading-stage CPU time and bytes per image.
-# 2. training: bench/train.py at 299 px, batch 64 (cgi2real on Ray Train vs the bare loop).
+#    the bare bf16 model, then the pipeline with --decode device and --decode cpu (4 replicas per GPU;
+#    LABEL_RUNS overrides); each mode's reading-stage CPU time and bytes per image.
+# 2. training: bench/train.py at 299 px, batch 64: cgi2real on Ray Train with --decode device and
+#    --decode cpu (TRAIN_RUNS overrides) vs the bare loop, and each mode's reading-stage figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -33,7 +34,7 @@ if [[ -n "${DRY:-}" ]]; then
   train=(--generate --per-class 40 --image-size 96 --batch-size 16 --epochs 2 --decode device cpu)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  label=(--gpu --photos 50000 --image-size 299 ${LABEL_RUNS:---decode device cpu --actors 1 2})
+  label=(--gpu --photos 50000 --image-size 299 ${LABEL_RUNS:---decode device cpu --actors 4})
   train=(--gpu --generate --per-class 2500 --image-size 299 --batch-size 64 --epochs 3 ${TRAIN_RUNS:---decode device cpu})
 fi
 python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)"
