@@ -67,6 +67,7 @@ def batches_of(images: torch.Tensor, size: int = 32, bad: int = 0) -> list[dict]
     return [{"image": images[i:i + size], "ok": ok[i:i + size], "index": torch.arange(i, min(i + size, len(images)))} for i in range(0, len(images), size)]
 
 
+@pytest.mark.slow  # the source model trains for about 20 s
 def test_bn_statistics_of_the_target_recover_accuracy_under_a_camera_shift(source_model):
     model = source_model
     test, test_labels = squares(128, seed=1)
@@ -159,6 +160,7 @@ def test_centroid_self_labels_follow_the_features_not_the_predictions():
     assert centroid_labels(features, probs, reduce=lambda t: 2 * t).tolist() == [0, 0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_a_shot_epoch_trains_the_backbone_and_leaves_the_classifier(source_model):
     model = build_model(2, SIZE, "none")
     model.load_state_dict(source_model.state_dict())

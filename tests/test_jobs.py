@@ -54,9 +54,10 @@ def ray_head():
     yield address
     os.killpg(head.pid, signal.SIGTERM)  # the head and everything it started: they share its session
     try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # its orderly shutdown takes half a minute: nothing of it is checked here
         os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
 
 
 def submit(*args):
