@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms.functional import _get_inverse_affine_matrix
 
-from cgi2real.device_preset import decode_jpegs, device_jpeg, draft_scale
+from cgi2real.device_preset import decode_jpegs, device_jpeg, draft_scale, warn_fallback
 from cgi2real.presets import (
-    MEAN_COLOUR, Backdrop, ImageError, Paste, TrainPreset, decode_image, draw_backdrop, frame, image_errors, pad_size, paste_plan,
+    MEAN_COLOUR, Backdrop, ImageError, Paste, TrainPreset, draw_backdrop, image_errors, pad_size, paste_plan,
 )
-from cgi2real.storage import first_line
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's (and Pillow's) RGB -> L weights
 NO_BOX = (0, 0, 0, 0)
@@ -81,7 +80,6 @@ class DeviceTrainPreset:
         self.preset, self.device = preset, device
         self.paste_pairs, self.paste_prob = paste_pairs or {}, paste_prob
         self.fill = torch.tensor(MEAN_COLOUR, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.fell_back = False
 
     def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         rng = rng or np.random.default_rng()  # fresh entropy: data-parallel workers share torch's seed, not these draws
@@ -114,8 +112,7 @@ class DeviceTrainPreset:
             for i in jpegs:
                 try:
                     with image_errors():
-                        image = decode_image(batch["payload"][i], draft_size=s)
-                        framed = frame(image, s, self.preset.framing, tuple(int(v) for v in batch["box"][i]))
+                        framed, _ = self.preset.crop(batch["payload"][i], box=tuple(int(v) for v in batch["box"][i]))
                     out[i] = torch.from_numpy(np.asarray(framed).transpose(2, 0, 1).copy()).to(self.device)
                 except ImageError as e:
                     errors[i] = str(e)
@@ -129,10 +126,7 @@ class DeviceTrainPreset:
         try:
             return decode_jpegs(datas, self.device)
         except Exception as e:  # nvJPEG refused one of them: the caller decodes them one by one on the CPU
-            if not self.fell_back:
-                self.fell_back = True
-                print(f"warning: a training batch failed to decode on {self.device.type} ({first_line(e)}); "
-                      "decoding its JPEGs one by one on the CPU (said once per worker)", flush=True)
+            warn_fallback(self.device, e)
             return None
 
     def frame(self, pixels: torch.Tensor, box: tuple[int, ...], scale: int) -> torch.Tensor:

@@ -74,6 +74,18 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]
         return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
 
+_fell_back = False  # said once per process
+
+
+def warn_fallback(device: torch.device, error: Exception) -> None:
+    """Say, once per process, that a batch failed to decode on `device` and goes one by one to the CPU."""
+    global _fell_back
+    if not _fell_back:
+        _fell_back = True
+        print(f"warning: a batch failed to decode on {device.type} ({first_line(error)}); "
+              "decoding its JPEGs one by one on the CPU (said once per process)", flush=True)
+
+
 def _pillow_weights(in_size: int, in0: float, in1: float, out_size: int) -> tuple[np.ndarray, int]:
     """Pillow's bilinear resampling weights from source span [in0, in1) to `out_size` pixels.
 
@@ -206,7 +218,6 @@ class DevicePreset:
         self.cpu_preset = preset
         self.plans = _Plans(device)
         self.fill = torch.tensor(MEAN_COLOUR, dtype=torch.uint8, device=device).view(3, 1, 1)
-        self.fell_back = False
 
     def batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
         """The reading stage's rows ({payload, orientation}, see `data.read_for_device`) -> uint8
@@ -224,7 +235,7 @@ class DevicePreset:
             try:
                 out[jpegs] = self([batch["payload"][i] for i in jpegs], [int(orientations[i]) for i in jpegs])
             except Exception as e:  # nvJPEG refused one of them (arithmetic coding, a corrupt scan, ...): one by one on CPU
-                self.warn_fallback(e)
+                warn_fallback(self.device, e)
                 for i in jpegs:
                     try:
                         out[i] = self.cpu_preset(batch["payload"][i]).to(self.device)
@@ -235,12 +246,6 @@ class DevicePreset:
             raw = np.frombuffer(b"".join(batch["payload"][i] for i in decoded), dtype=np.uint8).reshape(len(decoded), 3, s, s)
             out[decoded] = torch.from_numpy(raw.copy()).to(self.device, non_blocking=True)
         return out
-
-    def warn_fallback(self, error: Exception) -> None:
-        if not self.fell_back:
-            self.fell_back = True
-            print(f"warning: a batch failed to decode on {self.device.type} ({first_line(error)}); "
-                  "decoding its JPEGs one by one on the CPU (said once per process)", flush=True)
 
     def __call__(self, datas: list[bytes], orientations: list[int]) -> torch.Tensor:
         """JPEG bytes (as `device_orientation` admitted them) -> uint8 (B, 3, S, S) on the device.

@@ -257,10 +257,11 @@ class TrainPreset:
         """How a crop box becomes the square: crop's boxes are near-square already, so stretched."""
         return "squash" if self.geometry == "crop" else self.geometry
 
-    def crop(self, data: bytes, mask: bytes | None = None) -> tuple[Image.Image, Image.Image | None]:
-        """The recipe's first, geometric step: decode, draw a crop box, frame it (and the mask) as S x S."""
+    def crop(self, data: bytes, mask: bytes | None = None, box: tuple[int, ...] | None = None) -> tuple[Image.Image, Image.Image | None]:
+        """The recipe's first, geometric step: decode, draw a crop box (unless `box` was drawn
+        already), frame it (and the mask) as S x S."""
         image = decode_image(data, draft_size=self.image_size)
-        box = self.sample_box(image.width, image.height)
+        box = box or self.sample_box(image.width, image.height)
         figure = self.crop_mask(mask, box, image.width, image.height) if mask is not None else None
         return frame(image, self.image_size, self.framing, box), figure
 
