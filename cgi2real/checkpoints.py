@@ -62,16 +62,23 @@ def read_checkpoint(folder: str) -> tuple[dict, dict, dict]:
     return load_file(os.path.join(folder, WEIGHTS_FILE)), optimizer, state
 
 
-def latest_checkpoint(run_folder):
-    """The newest checkpoint of a Ray Train run folder, or None (no folder, or nothing checkpointed yet)."""
+def latest_result(run_folder):
+    """What a Ray Train run folder holds so far, as the `Result` its `fit()` would return, or None
+    (no folder, or nothing checkpointed yet)."""
     from ray.train import Result
 
     if not run_folder.exists():
         return None
     try:
-        return Result.from_path(run_folder.path, storage_filesystem=run_folder.fs).checkpoint
+        return Result.from_path(run_folder.path, storage_filesystem=run_folder.fs)
     except RuntimeError:  # a folder without a checkpoint snapshot: nothing to resume
         return None
+
+
+def latest_checkpoint(run_folder):
+    """The newest checkpoint of a Ray Train run folder, or None (no folder, or nothing checkpointed yet)."""
+    result = latest_result(run_folder)
+    return result.checkpoint if result is not None else None
 
 
 def read_checkpoint_json(checkpoint, name: str):

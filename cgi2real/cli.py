@@ -236,9 +236,9 @@ def summary(
     s3_endpoint: S3Endpoint = None,
 ):
     """Rows per class, mean confidence, error reasons and models used in a label table."""
-    from cgi2real import label as labeling
+    from cgi2real import review
 
-    typer.echo(labeling.format_table_summary(labeling.summarize_table(table, s3_endpoint)))
+    typer.echo(review.format_summary(review.summarize_table(table, s3_endpoint)))
 
 
 @app.command()

@@ -95,7 +95,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     labeled = labeling.run(LabelConfig(source=data["unlabeled"], model=package, out=table))
     if labeled.unavailable:
         raise RunFailed(f"{labeled.unavailable} images could not be read through every retry; rerun the demo to label them")
-    echo(labeling.format_table_summary(labeling.summarize_table(table)))
+    echo(reviewing.format_summary(reviewing.summarize_table(table)))
     echo("[5/5] writing the label table's review page")
     page = reviewing.run(ReviewConfig(table=table, out=os.path.join(root, "review")))["page"]
     minutes = (time.monotonic() - started) / 60

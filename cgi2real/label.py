@@ -754,47 +754,6 @@ def format_summary(s: LabelSummary) -> str:
 # --- Reading a table back ----------------------------------------------------------------------
 
 
-def summarize_table(uri: str, s3_endpoint: str | None = None) -> dict:
-    """Counts per class, mean confidence, error reasons and models used in a label table."""
-    table = LabelTable(locate(uri, s3_endpoint))
-    parts = table.part_files()
-    if not parts:
-        raise InputError(f"no label table at {table.folder.uri} (no {PART_PREFIX}*.parquet files)")
-    try:
-        t = table.read(parts, ["label", "confidence", "error", "model"])
-    except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(f"cannot read the label table at {table.folder.uri}: {first_line(e)}") from None
-    labeled = t.filter(pc.is_valid(t["label"]))
-    per_class = {}
-    if labeled.num_rows:
-        grouped = pa.table({"label": labeled["label"].cast(pa.string()), "confidence": labeled["confidence"]})
-        for row in grouped.group_by("label").aggregate([("confidence", "count"), ("confidence", "mean")]).to_pylist():
-            per_class[row["label"]] = {"rows": row["confidence_count"], "mean_confidence": row["confidence_mean"]}
-    classes = (table.metadata(parts) or {}).get("classes") or sorted(per_class)
-    errors = Counter(map(error_kind, t.filter(pc.is_valid(t["error"]))["error"].to_pylist()))
-    models = {row["model"]: row["count_all"] for row in t.group_by("model").aggregate([([], "count_all")]).to_pylist()}
-    return {
-        "table": table.folder.uri,
-        "files": len(parts),
-        "rows": t.num_rows,
-        "per_class": {name: per_class.get(name, {"rows": 0, "mean_confidence": None}) for name in classes},
-        "errors": dict(errors.most_common()),
-        "models": models,
-    }
-
-
-def format_table_summary(s: dict) -> str:
-    lines = [f"label table  {s['table']}: {s['rows']} rows in {s['files']} file(s)"]
-    lines += [f"model        {model}: {n} rows" for model, n in s["models"].items()]
-    lines.append(f"{'class':12} {'rows':>8} {'share':>7} {'mean confidence':>16}")
-    for name, c in s["per_class"].items():
-        confidence = f"{c['mean_confidence']:.3f}" if c["mean_confidence"] is not None else "-"
-        lines.append(f"{name:12} {c['rows']:8} {c['rows'] / max(s['rows'], 1):7.1%} {confidence:>16}")
-    n_errors = sum(s["errors"].values())
-    lines.append(f"{'errors':12} {n_errors:8} {n_errors / max(s['rows'], 1):7.1%}" + (f"  ({', '.join(f'{r} {n}' for r, n in s['errors'].items())})" if n_errors else ""))
-    return "\n".join(lines)
-
-
 def pseudo_labeled_images(uri: str, classes: tuple[str, ...], min_confidence: float, s3_endpoint: str | None = None) -> "LabeledImages":
     """The confidently labeled rows of a label table as a labeled dataset: self-training's extra root.
 

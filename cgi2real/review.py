@@ -64,11 +64,8 @@ def run(cfg: ReviewConfig) -> dict:
     """Write the review page of the table at cfg.table to cfg.out; return what it shows."""
     if cfg.per_class < 0 or cfg.lowest < 0 or cfg.errors < 0:
         raise InputError(f"--per-class, --lowest and --errors must be >= 0, got {cfg.per_class}, {cfg.lowest} and {cfg.errors}")
-    table = LabelTable(locate(cfg.table, cfg.s3_endpoint))
+    table, parts = open_table(cfg.table, cfg.s3_endpoint)
     out = locate(cfg.out, cfg.s3_endpoint)
-    parts = table.part_files()
-    if not parts:
-        raise InputError(f"no label table at {table.folder.uri} (no {PART_PREFIX}*.parquet files)")
     counts = read_counts(table, parts)
     rng = np.random.default_rng(cfg.seed)
     picks = {
@@ -91,6 +88,33 @@ def run(cfg: ReviewConfig) -> dict:
         raise InputError(f"cannot write the review to {out.uri}: {first_line(e)}") from None
     shown = sum(t.thumb is not None for t in tiles.values())
     return {**summary, "page": out.child("index.html").uri, "thumbnails": shown, "placeholders": len(tiles) - shown}
+
+
+def open_table(uri: str, s3_endpoint: str | None) -> tuple[LabelTable, list[str]]:
+    """The label table at `uri` and its part files; refused when it has none."""
+    table = LabelTable(locate(uri, s3_endpoint))
+    parts = table.part_files()
+    if not parts:
+        raise InputError(f"no label table at {table.folder.uri} (no {PART_PREFIX}*.parquet files)")
+    return table, parts
+
+
+def summarize_table(uri: str, s3_endpoint: str | None = None) -> dict:
+    """`cgi2real summary`: the review page's counts of a label table, without the page."""
+    table, parts = open_table(uri, s3_endpoint)
+    return summarize(read_counts(table, parts), table.folder.uri)
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"label table  {s['table']}: {s['rows']} rows in {s['files']} file(s)"]
+    lines += [f"model        {model}: {n} rows" for model, n in s["models"].items()]
+    lines.append(f"{'class':12} {'rows':>8} {'share':>7} {'mean confidence':>16}")
+    for name, c in s["per_class"].items():
+        confidence = f"{c['mean_confidence']:.3f}" if c["mean_confidence"] is not None else "-"
+        lines.append(f"{name:12} {c['rows']:8} {c['rows'] / max(s['rows'], 1):7.1%} {confidence:>16}")
+    n_errors = sum(s["errors"].values())
+    lines.append(f"{'errors':12} {n_errors:8} {n_errors / max(s['rows'], 1):7.1%}" + (f"  ({', '.join(f'{r} {n}' for r, n in s['errors'].items())})" if n_errors else ""))
+    return "\n".join(lines)
 
 
 def read_counts(table: LabelTable, parts: list[str]) -> Counts:

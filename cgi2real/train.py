@@ -24,7 +24,7 @@ from cgi2real.checkpoints import (
     TRAIN_STATE_JSON,
     check_same_settings,
     checkpoint_file,
-    latest_checkpoint,
+    latest_result,
     read_checkpoint,
     read_checkpoint_json,
     write_checkpoint,
@@ -303,6 +303,7 @@ def train_loop_per_worker(config: dict) -> None:
         state = {
             "epoch": epoch, "stage": stage, "history": history, "config": config["cfg"],
             "package": package_config(model, list(cfg.classes), cfg.image_size, cfg.geometry),
+            "device": device.type, "decode": config["decode"],  # what a finished run's package records
         }
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
@@ -507,7 +508,8 @@ def run(cfg: TrainConfig) -> TrainSummary:
     check_options(cfg)
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
-    latest = latest_checkpoint(storage.child(name))
+    so_far = latest_result(storage.child(name))
+    latest = so_far.checkpoint if so_far is not None else None
     if latest is not None:
         check_resumable(latest, storage.child(name), cfg)
     data = prepare_inputs(cfg, read_checkpoint_json(latest, SPLIT_JSON) if latest is not None else None)
@@ -524,6 +526,11 @@ def run(cfg: TrainConfig) -> TrainSummary:
     print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
     for note in data.notes:
         print(f"resuming: {note}")
+    state = read_checkpoint_json(latest, TRAIN_STATE_JSON) if latest is not None else None
+    if state is not None and state["epoch"] + 1 >= cfg.epochs and "device" in state:
+        # Nothing left to train: no Ray Train start-up (about 15 s on 2 cores) to be told so.
+        print(f"run {name!r} finished all {cfg.epochs} epochs already: its best checkpoint becomes the package", flush=True)
+        return export_best(so_far, cfg, counts, weights, state["device"] == "cuda", state["decode"])
 
     start_ray(min_cpus=cfg.workers + 1)  # a CPU beyond the workers' for decoding
     inputs = [("DATA", images) for images in data.train] + ([("--val", data.val[0])] if cfg.val else [])
