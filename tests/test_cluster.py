@@ -88,7 +88,7 @@ def test_training_recovers_from_a_killed_worker(cluster, image_root, tmp_path):
     storage = tmp_path / "runs"
     cfg = TrainConfig(
         data=(image_root(24, 96),), out=str(tmp_path / "pkg"), weights="none", image_size=80, batch_size=8,
-        epochs_head=1, epochs_finetune=2, unfreeze_from="Mixed_7a", storage=str(storage), name="killed", max_failures=1,
+        epochs_head=1, epochs_finetune=1, unfreeze_from="Mixed_7a", storage=str(storage), name="killed", max_failures=1,
     )
     killed = []
 
@@ -108,5 +108,5 @@ def test_training_recovers_from_a_killed_worker(cluster, image_root, tmp_path):
     killer.join(timeout=60)
 
     assert killed, "no training worker was found to kill"
-    assert [e["epoch"] for e in summary.history] == [1, 2, 3]  # each epoch once: epoch 1 was not redone
+    assert [e["epoch"] for e in summary.history] == [1, 2]  # each epoch once: epoch 1 was not redone
     assert os.path.exists(tmp_path / "pkg" / "model.safetensors")
