@@ -94,13 +94,15 @@ def checkpoint_file(checkpoint, name: str, parse):
     return parse(read_whole(checkpoint.filesystem, f"{checkpoint.path}/{name}"))
 
 
-def check_same_settings(latest, run_folder, cfg, resumable: frozenset[str], legacy: dict | None = None) -> None:
-    """Refuse to resume a run whose latest checkpoint was made with other settings than `cfg`'s.
+def check_same_settings(latest, run_folder, cfg, resumable: frozenset[str], legacy: dict | None = None) -> dict:
+    """Refuse to resume a run whose latest checkpoint was made with other settings than `cfg`'s;
+    return that checkpoint's train state (read once, here).
 
     `resumable` names the settings that may change (where the output goes, how many workers);
     `legacy` says what a run checkpointed before a setting existed did instead.
     """
-    previous = read_checkpoint_json(latest, TRAIN_STATE_JSON)["config"]
+    state = read_checkpoint_json(latest, TRAIN_STATE_JSON)
+    previous = state["config"]
     legacy = legacy or {}
     changed = sorted(k for k, v in asdict(cfg).items() if k not in resumable and _jsonable(v) != previous.get(k, legacy.get(k)))
     if changed:
@@ -108,6 +110,7 @@ def check_same_settings(latest, run_folder, cfg, resumable: frozenset[str], lega
             f"run {run_folder.uri} was started with other settings ({', '.join('--' + k.replace('_', '-') for k in changed)}); "
             "rerun with the same settings to resume, or pass a new --name"
         )
+    return state
 
 
 def _jsonable(value):

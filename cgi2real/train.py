@@ -510,8 +510,7 @@ def run(cfg: TrainConfig) -> TrainSummary:
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
     so_far = latest_result(storage.child(name))
     latest = so_far.checkpoint if so_far is not None else None
-    if latest is not None:
-        check_resumable(latest, storage.child(name), cfg)
+    state = check_resumable(latest, storage.child(name), cfg) if latest is not None else None
     data = prepare_inputs(cfg, read_checkpoint_json(latest, SPLIT_JSON) if latest is not None else None)
     start_config, start_bytes = read_starting_weights(cfg.weights, cfg.s3_endpoint)  # fails fast, with the message
     counts = data.counts()
@@ -526,7 +525,6 @@ def run(cfg: TrainConfig) -> TrainSummary:
     print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
     for note in data.notes:
         print(f"resuming: {note}")
-    state = read_checkpoint_json(latest, TRAIN_STATE_JSON) if latest is not None else None
     if state is not None and state["epoch"] + 1 >= cfg.epochs and "device" in state:
         # Nothing left to train: no Ray Train start-up (about 15 s on 2 cores) to be told so.
         print(f"run {name!r} finished all {cfg.epochs} epochs already: its best checkpoint becomes the package", flush=True)
@@ -634,9 +632,9 @@ RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "decode", "storage",
 LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY, "pseudo_labels": None, "min_confidence": 0.9}
 
 
-def check_resumable(latest, run_folder, cfg: TrainConfig) -> None:
-    """Refuse to resume a run whose latest checkpoint was made with other training settings."""
-    check_same_settings(latest, run_folder, cfg, RESUMABLE_CHANGES, LEGACY_SETTINGS)
+def check_resumable(latest, run_folder, cfg: TrainConfig) -> dict:
+    """Refuse to resume a run whose latest checkpoint was made with other training settings; return its train state."""
+    return check_same_settings(latest, run_folder, cfg, RESUMABLE_CHANGES, LEGACY_SETTINGS)
 
 
 def pick_best(result) -> tuple:
