@@ -13,15 +13,14 @@ are not retrained, so a rerun only re-evaluates. Results go to WORK/results.md (
 
 import os
 import sys
-import time
 from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_config, write_results  # noqa: E402
+from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_config, train_once, write_results  # noqa: E402
 
-from cgi2real import evaluate, train  # noqa: E402
+from cgi2real import evaluate  # noqa: E402
 from cgi2real.config import EvalConfig  # noqa: E402
 from cgi2real.config import GEOMETRIES  # noqa: E402
 
@@ -44,12 +43,7 @@ def main() -> None:
         base = train_config(recipe, args, work, synth_root, hoh_count)
         name = f"{trained_as}-{args.image_size}px-{args.epochs}ep"
         cfg = replace(base, geometry=trained_as, out=os.path.join(work, name, "package"), name=name)
-        seconds = None
-        if not os.path.exists(os.path.join(cfg.out, "config.json")):
-            print(f"=== training with --geometry {trained_as}", flush=True)
-            start = time.perf_counter()
-            train.run(cfg)
-            seconds = time.perf_counter() - start
+        seconds = train_once(cfg, f"training with --geometry {trained_as}")
         for shown_as in GEOMETRIES:
             result = evaluate.run(EvalConfig(model=cfg.out, data=tuple(PHOTO_SETS.values()), geometry=shown_as))
             results[f"{trained_as}/{shown_as}"] = dict(zip(PHOTO_SETS, result["datasets"].values()))

@@ -1,6 +1,6 @@
 """Labeling throughput: the Ray Data pipeline vs the bare model vs a naive per-image loop, in one run.
 
-    python bench/label.py [--data ../shared/data/horse_or_human/train] [--image-size 128] [--batch-size 32]
+    python bench/label.py [--data ../shared/data/horse_or_human/train] [--arch inception_v3 efficientnet_lite0] [--image-size S] [--batch-size 32]
     python bench/label.py --gpu --photos 50000 --image-size 299 --decode cpu device --actors 1 2
 
 - pipeline: `cgi2real.label.run` end to end from image files to a committed Parquet table
@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from cgi2real.archs import ARCHS  # noqa: E402
 from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.config import LabelConfig  # noqa: E402
 from cgi2real.data import decode_for_labeling, read_for_device, scan_image_files  # noqa: E402
@@ -155,7 +156,8 @@ def device_stage(files, preset, device: torch.device, batch_size: int, sample: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=SHARED if os.path.isdir(SHARED) else None)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--arch", nargs="+", choices=list(ARCHS), default=["inception_v3"], help="one measurement per arch, compared at the end")
+    parser.add_argument("--image-size", type=int, default=None, help="default: each arch's own (299 Inception v3, 224 Lite0)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: cgi2real label's (256 GPU, 32 CPU)")
     parser.add_argument("--generate", type=int, default=0, help="label N generated 320 px JPEGs instead of --data")
     parser.add_argument("--photos", type=int, default=0, help="label N generated JPEGs of mixed photo sizes instead of --data")
@@ -179,16 +181,25 @@ def main() -> None:
         from generated import replicated_dataset
 
         data = replicated_dataset(os.path.join(tmp, "images"), max(1, args.generate // 3) if args.generate else 350)
-    batch_size = args.batch_size or (GPU_BATCH_SIZE if args.gpu else CPU_BATCH_SIZE)
-    model = build_model(len(DEFAULT_CLASSES), args.image_size, "none")
-    package = os.path.join(tmp, "pkg")
-    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), args.image_size, DEFAULT_GEOMETRY), package)
-
     files = scan_image_files(data)
-    where = torch.cuda.get_device_name() if args.gpu else f"{torch.get_num_threads()} torch threads"
-    print(f"{len(files)} images in {files.root.uri}, {args.image_size} px, batch {batch_size}, {where}, {os.cpu_count()} cores")
+    rates = {arch: measure_arch(arch, args, files, tmp) for arch in args.arch}
+    if len(rates) > 1:
+        first = args.arch[0]
+        for arch, (bare, pipeline) in list(rates.items())[1:]:
+            print(f"{arch} against {first}: bare model {bare / rates[first][0]:.2f}x, pipeline {pipeline / rates[first][1]:.2f}x (the last run of each)")
 
-    preset = EvalPreset(args.image_size)
+
+def measure_arch(arch: str, args, files, tmp: str) -> tuple[float, float]:
+    """Every measurement for one arch at its size; returns (bare model, last pipeline run) img/s."""
+    image_size = args.image_size or ARCHS[arch].image_size
+    batch_size = args.batch_size or (GPU_BATCH_SIZE if args.gpu else CPU_BATCH_SIZE)
+    model = build_model(len(DEFAULT_CLASSES), image_size, "none", arch=arch)
+    package = os.path.join(tmp, f"pkg-{arch}")
+    save_model_package(model.state_dict(), package_config(model, list(DEFAULT_CLASSES), image_size, DEFAULT_GEOMETRY), package)
+    where = torch.cuda.get_device_name() if args.gpu else f"{torch.get_num_threads()} torch threads"
+    print(f"=== {arch}: {len(files)} images in {files.root.uri}, {image_size} px, batch {batch_size}, {where}, {os.cpu_count()} cores")
+
+    preset = EvalPreset(image_size)
     for decode in DECODES:
         ms, kib = reading_stage(files, preset, decode)
         print(f"reading stage, --decode {decode}: {ms:.2f} ms CPU per image, {kib:.1f} KiB per image to the model actors")
@@ -206,7 +217,7 @@ def main() -> None:
     decoded = decode_for_labeling(file_batch(files, args.bare_images), preset, files.root.fs)
     assert (decoded["error"] == "").all(), "the benchmark images must all decode"
     bare = bare_model(labeler, decoded["image"], batch_size)
-    naive = naive_loop(labeler, list(files.paths[: args.naive_images]), args.image_size)
+    naive = naive_loop(labeler, list(files.paths[: args.naive_images]), image_size)
     del labeler
     print(f"bare model (pre-decoded, batch {batch_size}): {bare:.1f} img/s")
     print(f"naive loop (one image at a time, {args.naive_images} images): {naive:.1f} img/s")
@@ -215,9 +226,10 @@ def main() -> None:
         print(f"bare model, one one-thread process per core ({os.cpu_count()}, 30 s): {per_core:.1f} img/s")
     del decoded
 
+    pipeline = 0.0
     for decode in args.decode or [None]:
         for actors in args.actors:
-            out = os.path.join(tmp, f"labels-{decode}-{actors}")
+            out = os.path.join(tmp, f"labels-{arch}-{decode}-{actors}")
             cfg = LabelConfig(source=files.root.uri, model=package, out=out, batch_size=batch_size, actors=actors, use_gpu=args.gpu, decode=decode)
             summary = run(cfg)
             assert summary.labeled == len(files) and not summary.errors
@@ -230,6 +242,7 @@ def main() -> None:
                 print(f"  ratio pipeline / bare per core = {pipeline / per_core:.2f} end to end, {steady / per_core:.2f} after start-up")
             print(f"  speed-up over the naive loop = {pipeline / naive:.1f}x end to end, {steady / naive:.1f}x after start-up")
             shutil.rmtree(out)
+    return bare, pipeline
 
 
 if __name__ == "__main__":

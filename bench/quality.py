@@ -99,6 +99,22 @@ def train_config(v: Variant, args, work: str, synth_root: str, hoh_count: int) -
     )
 
 
+def train_once(cfg: TrainConfig, title: str) -> float | None:
+    """Train `cfg` unless its package exists; the seconds the training took (kept next to the
+    package, in train_seconds.json), or None for a package trained before times were kept."""
+    timing = os.path.join(os.path.dirname(cfg.out), "train_seconds.json")
+    if not os.path.exists(os.path.join(cfg.out, "config.json")):
+        print(f"=== {title}", flush=True)
+        start = time.perf_counter()
+        train.run(cfg)
+        with open(timing, "w") as f:
+            json.dump(time.perf_counter() - start, f)
+    if not os.path.exists(timing):
+        return None
+    with open(timing) as f:
+        return json.load(f)
+
+
 def recipe_arguments(description: str, work: str) -> argparse.ArgumentParser:
     """The options every from-scratch quality benchmark shares: where it works, the data and the schedule."""
     parser = argparse.ArgumentParser(description=description)
@@ -158,18 +174,8 @@ def main() -> None:
     for v in chosen:
         cfg = train_config(v, args, work, synth_root, hoh_count)
         folder = os.path.join(work, run_name(v, args))
-        timing = os.path.join(folder, "train_seconds.json")
-        if not os.path.exists(os.path.join(cfg.out, "config.json")):
-            print(f"=== {run_name(v, args)}: {v.what}", flush=True)
-            start = time.perf_counter()
-            train.run(cfg)
-            with open(timing, "w") as f:
-                json.dump(time.perf_counter() - start, f)
+        seconds = train_once(cfg, f"{run_name(v, args)}: {v.what}")
         config, _ = read_model_package(cfg.out)
-        seconds = None
-        if os.path.exists(timing):
-            with open(timing) as f:
-                seconds = json.load(f)
         result = evaluate.run(EvalConfig(model=cfg.out, data=tuple(EVAL_SETS.values()), out=os.path.join(folder, "report"), abstain_below=0.6))
         reports = dict(zip(EVAL_SETS, result["datasets"].values()))
         rows.append({"variant": asdict(v), "config": asdict(cfg), "reports": reports, "train_seconds": seconds, "best": config["training"]["best"]})

@@ -30,7 +30,7 @@ from cgi2real.checkpoints import TRAIN_STATE_JSON, check_same_settings, checkpoi
 from cgi2real.config import AdaptConfig, from_dict
 from cgi2real.data import ImageFiles, decode_for_labeling, load_training_batch, row_blocks, scan_image_files
 from cgi2real.errors import InputError, RunFailed
-from cgi2real.model import WEIGHTS_FILE, ModelPackage, package_from_bytes, read_model_package, save_model_package
+from cgi2real.model import WEIGHTS_FILE, ModelPackage, arch_of, classifier, num_outputs, package_from_bytes, read_model_package, save_model_package
 from cgi2real.presets import TrainPreset, normalize
 from cgi2real.progress import RemoteProgress, counted
 from cgi2real.device import autocast
@@ -207,14 +207,14 @@ def centroid_labels(features: torch.Tensor, probs: torch.Tensor, rounds: int = 2
 
 
 class FeatureTap:
-    """Keeps the last pooled features (B, D) of an Inception v3: the classifier's input."""
+    """Keeps the last pooled features (B, D) of the network: the classifier's input."""
 
     def __init__(self, model: nn.Module):
         self.features: torch.Tensor | None = None
-        model.avgpool.register_forward_hook(self._keep)
+        classifier(model).register_forward_pre_hook(self._keep)
 
-    def _keep(self, module, inputs, output) -> None:
-        self.features = output.flatten(1)
+    def _keep(self, module, inputs) -> None:
+        self.features = inputs[0].flatten(1)
 
 
 @torch.no_grad()
@@ -236,12 +236,8 @@ def predict_target(model: nn.Module, tap: FeatureTap, batches, device: torch.dev
         probs.append(torch.softmax(logits.float(), dim=1))
         indices.append(batch["index"].to(device)[ok].long())
     if not features:
-        return torch.zeros(0, 1, device=device), torch.zeros(0, _num_classes(model), device=device), torch.zeros(0, dtype=torch.long, device=device), bad
+        return torch.zeros(0, 1, device=device), torch.zeros(0, num_outputs(model), device=device), torch.zeros(0, dtype=torch.long, device=device), bad
     return torch.cat(features), torch.cat(probs), torch.cat(indices), bad
-
-
-def _num_classes(model: nn.Module) -> int:
-    return getattr(model, "module", model).fc.out_features
 
 
 @dataclass
@@ -263,7 +259,7 @@ def shot_epoch(
 ) -> ShotStats:
     """One pass of SHOT training over augmented target batches {image, index, ok}; `labels` by image index."""
     model.train()
-    k = _num_classes(model)
+    k = num_outputs(model)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, entropy, diversity, self-label (x rows)
     predicted = torch.zeros(k, dtype=torch.int64, device=device)
     rows, seen, start = torch.zeros((), dtype=torch.int64, device=device), 0, time.perf_counter()
@@ -306,10 +302,13 @@ def _all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def freeze_classifier(model: nn.Module) -> list[nn.Parameter]:
-    """Fix the classifier (and leave the auxiliary head out of training); return the backbone's parameters."""
-    model.aux_logits = False  # its loss is not SHOT's; the package keeps its weights as they were
+    """Fix the classifier (and leave Inception's auxiliary head out of training); return the backbone's parameters."""
+    fixed = tuple(f"{layer}." for layer in arch_of(model).head)
+    if hasattr(model, "aux_logits"):
+        model.aux_logits = False  # its loss is not SHOT's; the package keeps its weights as they were
+        fixed = (*fixed, "AuxLogits.")
     for name, param in model.named_parameters():
-        param.requires_grad = not name.startswith(("fc.", "AuxLogits."))
+        param.requires_grad = not name.startswith(fixed)
     return [p for p in model.parameters() if p.requires_grad]
 
 

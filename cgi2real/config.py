@@ -1,8 +1,10 @@
 """Run configurations: frozen dataclasses that travel into Ray as dicts and into every package."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
+from cgi2real.archs import ARCHS, DEFAULT_ARCH
 from cgi2real.classes import DEFAULT_CLASSES
+from cgi2real.errors import InputError
 
 # How a picture of any shape becomes the model's square input; every model package records its own.
 #   crop:   the short side resized, the centre square kept (torchvision's eval; drops the sides of wide photos)
@@ -12,10 +14,14 @@ from cgi2real.classes import DEFAULT_CLASSES
 GEOMETRIES = ("crop", "pad", "squash")
 LEGACY_GEOMETRY = "crop"  # packages written before the geometry was recorded
 DEFAULT_GEOMETRY = "crop"
-DEFAULT_UNFREEZE_FROM = "Mixed_6a"
 # Where JPEGs are decoded: "cpu" (reading tasks send pixels) or "device" (they send the bytes; the
 # model's device decodes and, in training, augments them in batches).
-DECODES = ("cpu", "device")  # model.BLOCKS: the first block fine-tuned in stage 2
+DECODES = ("cpu", "device")
+# TrainConfig settings that default (None) to the arch's own: its input size and its measured recipe (archs.Arch).
+ARCH_DEFAULTS = (
+    "image_size", "epochs_head", "epochs_finetune", "unfreeze_from", "lr_head", "lr_finetune", "class_weight_power",
+    "augment", "background_prob", "paste_prob",
+)
 
 
 @dataclass(frozen=True)
@@ -27,20 +33,23 @@ class TrainConfig:
     val_fraction: float = 0.2  # share of each class held out when `val` is None (stratified)
     classes: tuple[str, ...] = DEFAULT_CLASSES  # class names, in the order the model outputs them
     weights: str = "imagenet"  # imagenet | none | a model package to continue from
-    image_size: int = 299  # square input; the aux head is used only at 299 and above
+    arch: str | None = None  # inception_v3 | efficientnet_lite0|1|2 (archs.ARCHS); None: a --weights package's, else inception_v3
+    image_size: int | None = None  # square input; None: the arch's own (299, 224, 240, 260) or a --weights package's
     geometry: str = DEFAULT_GEOMETRY  # crop | pad | squash: how pictures become square input (presets.GEOMETRIES)
-    epochs_head: int = 2  # stage 1: only the new heads train, on a frozen backbone
-    epochs_finetune: int = 3  # stage 2: blocks from `unfreeze_from` on train too
-    unfreeze_from: str = DEFAULT_UNFREEZE_FROM  # first Inception block trained in stage 2
+    epochs_head: int | None = None  # stage 1: only the new heads train, on a frozen backbone; None: the arch's recipe
+    epochs_finetune: int | None = None  # stage 2: blocks from `unfreeze_from` on train too; None: the arch's recipe
+    unfreeze_from: str | None = None  # first block trained in stage 2 (archs.Arch.blocks); None: the arch's recipe
     batch_size: int = 32  # per worker
-    lr_head: float = 1e-3  # AdamW learning rate in stage 1
-    lr_finetune: float = 1e-4  # stage 2 peak rate, cosine-annealed to 0 over its epochs
+    lr_head: float | None = None  # AdamW learning rate in stage 1; None: the arch's recipe
+    lr_finetune: float | None = None  # stage 2 peak rate, cosine-annealed to 0 over its epochs; None: the arch's recipe
+    freeze_bn: bool = False  # stage 2 keeps every BatchNorm layer's running statistics (the pretrained ones)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (the quality ablation's choice)
-    augment: str = "real"  # basic: the reference notebook's; real: + photo artefacts (presets.TrainPreset)
-    background_prob: float = 0.5  # share of masked images put on a random background
-    paste_prob: float = 0.25  # share of horse/human images that get a figure of the other pasted in (-> both)
-    class_weighting: bool = True  # inverse-frequency loss weights against class imbalance
+    augment: str | None = None  # light: crops and flips; basic: + the reference notebook's; real: + photo artefacts (presets.TrainPreset); None: the arch's
+    background_prob: float | None = None  # share of masked images put on a random background; None: the arch's
+    paste_prob: float | None = None  # share of horse/human images that get a figure of the other pasted in (-> both); None: the arch's
+    class_weighting: bool = True  # loss weights against class imbalance
+    class_weight_power: float | None = None  # weights (n / (k n_c)) ** power: 1 inverse frequency, 0.5 gentler; None: the arch's
     workers: int = 1  # data-parallel Ray Train workers
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
     storage: str | None = None  # Ray Train storage_path for checkpoints; None: ~/ray_results
@@ -52,6 +61,23 @@ class TrainConfig:
     pseudo_labels: str | None = None  # a label table whose confident rows are one more training root (self-training)
     min_confidence: float = 0.9  # the least confidence of a pseudo-labeled row that is used
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
+
+    def __post_init__(self):
+        # The arch's own defaults, filled in here so that a run's stored config says what it used.
+        # A run from a package takes the package's arch (`for_package`), unknown until it is read.
+        from_package = self.weights not in ("imagenet", "none")
+        if self.arch is None and not from_package:
+            object.__setattr__(self, "arch", DEFAULT_ARCH)
+        if self.arch in ARCHS and (not from_package or self.image_size is not None):
+            for name in ARCH_DEFAULTS:
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, getattr(ARCHS[self.arch], name))
+
+    def for_package(self, arch: str, image_size: int) -> "TrainConfig":
+        """This config, resolved for a run starting from a package of `arch` trained at `image_size` (the default here)."""
+        if self.arch is not None and self.arch != arch:
+            raise InputError(f"--weights {self.weights} is an {arch} package; --arch {self.arch} cannot start from it (leave --arch out)")
+        return replace(self, arch=arch, image_size=self.image_size or image_size)
 
     @property
     def epochs(self) -> int:

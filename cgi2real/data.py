@@ -179,10 +179,11 @@ def reuse_split(images: LabeledImages, record: dict) -> KeptSplit:
     return KeptSplit(images.subset(train), images.subset(sorted(val)), new, len(record["train"]) - (len(train) - new))
 
 
-def class_weights(counts: dict[str, int]) -> dict[str, float]:
-    """Inverse-frequency loss weights, n / (k * n_c): a balanced set gets 1.0 everywhere."""
+def class_weights(counts: dict[str, int], power: float = 1.0) -> dict[str, float]:
+    """Loss weights (n / (k * n_c)) ** power: inverse frequency at power 1, its square root at 0.5
+    (a rare class from one source then weighs less than its share says); a balanced set gets 1.0 everywhere."""
     total, k = sum(counts.values()), len(counts)
-    return {name: (total / (k * n) if n else 0.0) for name, n in counts.items()}
+    return {name: ((total / (k * n)) ** power if n else 0.0) for name, n in counts.items()}
 
 
 @dataclass(frozen=True)

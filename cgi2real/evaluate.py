@@ -17,7 +17,7 @@ from cgi2real.config import GEOMETRIES, EvalConfig
 from cgi2real.data import LabeledImages, load_image_batch, scan_labeled_dataset
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.label import check_abstain_below
-from cgi2real.model import load_model_package
+from cgi2real.model import load_model_package, num_outputs
 from cgi2real.plots import confusion_png, reliability_png
 from cgi2real.presets import EvalPreset
 from cgi2real.storage import first_line, locate
@@ -52,7 +52,7 @@ def predict(model: torch.nn.Module, batches, device: torch.device, mean, std) ->
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         labels.append(y.cpu().numpy())
         ok.append(mask.cpu().numpy())
-    k = model.fc.out_features
+    k = num_outputs(model)
     join = lambda parts, empty: np.concatenate(parts) if parts else empty  # noqa: E731
     return join(probs, np.zeros((0, k), np.float32)), join(labels, np.zeros(0, np.int64)), join(ok, np.zeros(0, bool))
 

@@ -10,16 +10,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from cgi2real.archs import ARCHS, DEFAULT_ARCH
 from cgi2real.config import GEOMETRIES, LEGACY_GEOMETRY
 from cgi2real.errors import InputError
 from cgi2real.storage import Location, first_line, locate
 
-ARCH = "inception_v3"
 PACKAGE_FORMAT = "cgi2real-model"
 PACKAGE_VERSION = 2  # 2: `geometry` recorded (version 1 packages center-crop)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-CONFIG_KEYS = ("arch", "classes", "image_size", "mean", "std", "aux_logits", "transform_input", "weights_sha256")
+CONFIG_KEYS = ("arch", "classes", "image_size", "mean", "std", "weights_sha256")
+ARCH_KEYS = {DEFAULT_ARCH: ("aux_logits", "transform_input")}  # what else an arch's network is built from
 
 
 @dataclass
@@ -31,6 +32,10 @@ class PackageInfo:
     @property
     def classes(self) -> list[str]:
         return self.config["classes"]
+
+    @property
+    def arch(self) -> str:
+        return self.config["arch"]
 
     @property
     def image_size(self) -> int:
@@ -93,8 +98,11 @@ def read_package_config(folder: Location) -> dict:
         raise InputError(f"model package {folder.uri}: {CONFIG_FILE} is not a cgi2real package config (missing {', '.join(missing) or 'format'})")
     if config["format_version"] > PACKAGE_VERSION:
         raise InputError(f"model package {folder.uri} has format version {config['format_version']}; this cgi2real reads up to {PACKAGE_VERSION}: upgrade cgi2real")
-    if config["arch"] != ARCH:
-        raise InputError(f"model package {folder.uri} has arch {config['arch']!r}; only {ARCH!r} is supported")
+    if config["arch"] not in ARCHS:
+        raise InputError(f"model package {folder.uri} has arch {config['arch']!r}; this cgi2real knows {', '.join(ARCHS)}: upgrade cgi2real")
+    missing = [key for key in ARCH_KEYS.get(config["arch"], ()) if key not in config]
+    if missing:
+        raise InputError(f"model package {folder.uri}: {CONFIG_FILE} of an {config['arch']} package lacks {', '.join(missing)}")
     if config.get("geometry", LEGACY_GEOMETRY) not in GEOMETRIES:
         raise InputError(f"model package {folder.uri} has geometry {config['geometry']!r}; this cgi2real knows {', '.join(GEOMETRIES)}")
     return config

@@ -16,10 +16,9 @@ from PIL import Image, ImageFilter, JpegImagePlugin
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
+from cgi2real.archs import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (tests and benchmarks normalize with them)
 from cgi2real.config import DEFAULT_GEOMETRY, GEOMETRIES  # crop | pad | squash: see config.GEOMETRIES
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # fill outside the picture: ~0 once normalized
 
 # Only these decoders run, whatever a file's name says: Pillow's others (TGA, PCX, TIFF, SGI, DDS,

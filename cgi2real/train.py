@@ -44,11 +44,11 @@ from cgi2real.data import (
 )
 from cgi2real.errors import InputError, RunFailed
 from cgi2real.label import pseudo_labeled_images
+from cgi2real.archs import IMAGENET_MEAN, IMAGENET_STD, check_image_size, check_unfreeze_from, get_arch
 from cgi2real.model import (
     WEIGHTS_FILE,
-    check_image_size,
-    check_unfreeze_from,
     initial_model,
+    num_outputs,
     package_config,
     read_starting_weights,
     save_model_package,
@@ -56,7 +56,8 @@ from cgi2real.model import (
     set_trainable,
 )
 from cgi2real.progress import RemoteProgress, counted
-from cgi2real.presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
+from cgi2real.package import read_package_info
+from cgi2real.presets import AUGMENTATIONS, EvalPreset, TrainPreset
 from cgi2real.device import autocast, model_input
 from cgi2real.device_augment import DeviceTrainPreset
 from cgi2real.device_preset import DevicePreset
@@ -148,11 +149,11 @@ class Tally:
 
 def train_one_epoch(
     model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batches, device: torch.device,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, freeze_bn: bool = False,
 ) -> EpochStats:
-    """One pass over `batches`; frozen BatchNorm layers keep their statistics."""
-    set_train_mode(model)
-    tally = Tally(_num_outputs(model), device)
+    """One pass over `batches`; frozen BatchNorm layers (every one with `freeze_bn`) keep their statistics."""
+    set_train_mode(model, freeze_bn)
+    tally = Tally(num_outputs(model), device)
     for batch in batches:
         images, labels, mask = model_input(batch, device, mean, std)
         with autocast(device):
@@ -172,17 +173,13 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loss_fn: nn.Module, batches, device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EpochStats:
     """Loss and confusion matrix of `model` (eval mode) over `batches`."""
     model.eval()
-    tally = Tally(_num_outputs(model), device)
+    tally = Tally(num_outputs(model), device)
     for batch in batches:
         images, labels, mask = model_input(batch, device, mean, std)
         with autocast(device):
             logits = model(images)
         tally.add(loss_fn(logits, labels, mask), logits, labels, mask)
     return tally.result()
-
-
-def _num_outputs(model: nn.Module) -> int:
-    return getattr(model, "module", model).fc.out_features
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, stage: str):
@@ -253,7 +250,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     start_config, start_ref = config["start"]
     start_bytes = ray.get(start_ref) if start_ref is not None else None  # read once by the driver, shared by every worker
-    model = initial_model(cfg.weights, list(cfg.classes), cfg.image_size, start_bytes, start_config)
+    model = initial_model(cfg.weights, list(cfg.classes), cfg.image_size, start_bytes, start_config, cfg.arch)
+    arch = get_arch(cfg.arch)
     weights = torch.tensor(config["class_weights"]) if cfg.class_weighting else None
     loss_fn = MaskedCrossEntropy(weights, cfg.label_smoothing).to(device)
 
@@ -293,10 +291,10 @@ def train_loop_per_worker(config: dict) -> None:
         if progress:
             progress.note(f"epoch {epoch + 1} of {cfg.epochs}")
             train_batches = counted(train_batches, progress, context.get_world_size())
-        train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device), device)
+        train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device, arch.mean, arch.std, cfg.freeze_bn), device)
         check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)
         scheduler.step()
-        val_stats = reduce_stats(evaluate(model, loss_fn, val_batches_of(val_shard), device), device)
+        val_stats = reduce_stats(evaluate(model, loss_fn, val_batches_of(val_shard), device, arch.mean, arch.std), device)
         check_readable(val_stats, "validation", epoch + 1, cfg.max_unreadable)
         metrics = epoch_metrics(epoch, cfg.epochs, stage, lr, trainable, train_stats, val_stats)
         history.append(metrics)
@@ -429,9 +427,11 @@ def _sum_counts(parts: list[LabeledImages]) -> dict[str, int]:
 
 
 def check_options(cfg: TrainConfig) -> None:
-    """Refuse out-of-range settings, before anything is read."""
-    check_image_size(cfg.image_size)
-    check_unfreeze_from(cfg.unfreeze_from)
+    """Refuse out-of-range settings, before anything is read (`cfg` resolved: `resolve_start`)."""
+    arch = get_arch(cfg.arch)
+    assert cfg.image_size is not None, "a run from a package is resolved by resolve_start first"
+    check_image_size(arch, cfg.image_size)
+    check_unfreeze_from(arch, cfg.unfreeze_from)
     if cfg.epochs_head < 0 or cfg.epochs_finetune < 0 or cfg.epochs < 1:
         raise InputError(f"epochs must be >= 0 with at least one in total, got {cfg.epochs_head}+{cfg.epochs_finetune}")
     if cfg.batch_size < 1 or cfg.workers < 1 or cfg.max_failures < -1:
@@ -447,6 +447,8 @@ def check_options(cfg: TrainConfig) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.min_confidence <= 1:
         raise InputError(f"--min-confidence must be between 0 and 1, got {cfg.min_confidence}")
+    if cfg.class_weight_power < 0:
+        raise InputError(f"--class-weight-power must be >= 0, got {cfg.class_weight_power}")
     if not 0 <= cfg.label_smoothing < 1:
         raise InputError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not cfg.data:
@@ -505,6 +507,7 @@ def run(cfg: TrainConfig) -> TrainSummary:
     import ray.data
     import ray.train
 
+    cfg = resolve_start(cfg)
     check_options(cfg)
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
@@ -512,11 +515,11 @@ def run(cfg: TrainConfig) -> TrainSummary:
     latest = so_far.checkpoint if so_far is not None else None
     state = check_resumable(latest, storage.child(name), cfg) if latest is not None else None
     data = prepare_inputs(cfg, read_checkpoint_json(latest, SPLIT_JSON) if latest is not None else None)
-    start_config, start_bytes = read_starting_weights(cfg.weights, cfg.s3_endpoint)  # fails fast, with the message
+    start_config, start_bytes = read_starting_weights(cfg.weights, cfg.s3_endpoint, cfg.arch)  # fails fast, with the message
     counts = data.counts()
     drawn = {c: round(n) for c, n in data.per_epoch().items()}
     pasted = {c: round(n) for c, n in data.per_epoch(cfg.paste_prob).items()}
-    weights = class_weights(pasted)
+    weights = class_weights(pasted, cfg.class_weight_power)
     for root in counts["roots"]:
         masks = f", {root['masks']} with masks" if root["masks"] else ""
         print(f"  {root['uri']}: {_counts_text(root['train'])}{masks}; drawn x{root['weight']:g} per epoch")
@@ -553,6 +556,14 @@ def run(cfg: TrainConfig) -> TrainSummary:
             "progress": progress.reporter(), "per_epoch": per_epoch, "decode": decode,
         })
     return export_best(result, cfg, counts, weights, use_gpu, decode)
+
+
+def resolve_start(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the arch (and its defaults) of the package it starts from, if it starts from one."""
+    if cfg.weights in ("imagenet", "none"):
+        return cfg
+    info = read_package_info(cfg.weights, cfg.s3_endpoint)
+    return cfg.for_package(info.arch, info.image_size)
 
 
 def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, loop_config: dict):
@@ -629,7 +640,7 @@ def checkpoint_config():
 # Settings that may change when a run resumes; any other difference would corrupt it.
 RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "decode", "storage", "name", "max_failures", "max_unreadable", "s3_endpoint"})
 # What a run checkpointed before a setting existed did instead (compared when resuming it).
-LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY, "pseudo_labels": None, "min_confidence": 0.9}
+LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY, "pseudo_labels": None, "min_confidence": 0.9, "arch": "inception_v3", "class_weight_power": 1.0, "freeze_bn": False}
 
 
 def check_resumable(latest, run_folder, cfg: TrainConfig) -> dict:

