@@ -1,6 +1,6 @@
-"""How fast the renderer draws: images/s on one core at 96, 128 and 299 px, and its framing.
+"""How fast the renderer draws: images/s on one core at 96, 224 and 299 px, and its framing.
 
-    python bench/synth_speed.py [--per-class 20] [--sizes 96,128,299] [--framing 300]
+    python bench/synth_speed.py [--per-class 20] [--sizes 96,224,299] [--framing 300]
 
 Renders `--per-class` scenes per class in this process (one core: the Ray job runs one such
 process per core) at each size and prints images/s. With `--framing N` it also renders N scenes
@@ -25,7 +25,7 @@ from cgi2real.synth.scenes import render_scene  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-class", type=int, default=20, help="timed renders per class and size")
-    parser.add_argument("--sizes", default="96,128,299")
+    parser.add_argument("--sizes", default="96,224,299")
     parser.add_argument("--framing", type=int, default=0, help="also measure figure shares over this many 64 px renders per class")
     parser.add_argument("--first-seed", type=int, default=10_000)
     args = parser.parse_args()

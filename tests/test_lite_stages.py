@@ -74,7 +74,7 @@ def test_label_rows_equal_the_package_on_each_image(lite_package, image_root, tm
     assert set(rows) == set(expected)
     for path, probs in expected.items():
         assert rows[path]["label"] == CLASSES[int(probs.argmax())]
-        np.testing.assert_allclose([rows[path][f"p_{c}"] for c in CLASSES], probs, atol=1e-4)
+        np.testing.assert_allclose([rows[path][f"p_{c}"] for c in CLASSES], probs, atol=5e-4)  # float32: batch-mates change the sums
 
 
 def test_adapt_bn_and_shot_keep_the_classifier(lite_package, image_root, tmp_path):

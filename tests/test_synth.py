@@ -17,7 +17,8 @@ from cgi2real.cli import app
 from cgi2real.classes import DEFAULT_CLASSES
 from cgi2real.presets import decode_image
 from cgi2real.synth.dataset import contact_sheet, write_dataset
-from cgi2real.synth.scenes import render_scene
+from cgi2real.synth.render import Scene, normalize
+from cgi2real.synth.scenes import compose, render_scene
 
 
 def invoke(*args, code=0):
@@ -77,9 +78,9 @@ def test_synth_job_writes_class_folders_and_reruns_only_what_is_missing(ray_clus
         assert printed and abs(int(printed[1]) - 100 * np.median(masks[label])) <= 1, (output, masks)
     for label in DEFAULT_CLASSES:
         assert sorted(os.listdir(out / label)) == [f"{label}_{i:06d}.jpg" for i in range(3)]
-    same = render_scene("horse", 5 * 1_000_003 + 1, 72).image
-    on_disk = Image.open(io.BytesIO((out / "horse" / "horse_000001.jpg").read_bytes()))
-    assert np.abs(np.asarray(on_disk, float) - np.asarray(same, float)).mean() < 3  # only JPEG loss
+    same = io.BytesIO()
+    render_scene("horse", 5 * 1_000_003 + 1, 72).image.save(same, "JPEG", quality=92)
+    assert (out / "horse" / "horse_000001.jpg").read_bytes() == same.getvalue()  # the same render, to the byte
     os.remove(out / "human" / "human_000002.jpg")
     again = invoke("synth", "--out", out, "--per-class", 3, "--size", 72, "--seed", 5).output
     assert "8 of 9 images already" in again and "wrote 1 images" in again
@@ -121,16 +122,20 @@ def renders() -> dict[str, list]:
 
 @pytest.mark.slow
 def test_figures_are_framed_as_in_photographs(renders):
-    """Figure share of the image, from the masks, over 300 renders per class: photographs' range.
+    """Figure share of the image, from the masks, over 300 renders per class: big enough to see, with
+    the context around them that photographs have, and every class framed in at least three ways.
 
-    Target (issue 12, from real photos): median between 20 % and 35 %, 10th percentile at least
-    5 %, 90th at least 40 %. Measured at 64 px (seeds 0-299), p10 / median / p90: both 0.108 /
-    0.274 / 0.477, horse 0.093 / 0.270 / 0.576, human 0.062 / 0.250 / 0.497.
+    Issue 12 aimed at photographs' shares (a median horse 25 %, person 21 %: median 20-35 %, 10th
+    percentile 5 %, 90th 40 %). Issue 29's judge, ImageNet features on real photos
+    (`bench/renders.py`), preferred fewer close framings (a head, a rider close up, waist-up) and more
+    whole figures and wide shots: figures now cover less. Held here: median 12-35 %, 10th percentile
+    at least 2.5 %, 90th at least 30 %. Measured at 64 px (seeds 0-299), p10 / median / p90: both
+    0.067 / 0.206 / 0.382, horse 0.053 / 0.255 / 0.422, human 0.030 / 0.152 / 0.403.
     """
     for label, done in renders.items():
         shares = [mask.mean() / 255 for _, mask, _ in done]
         p10, p50, p90 = np.percentile(shares, [10, 50, 90])
-        assert 0.20 <= p50 <= 0.35 and p10 >= 0.05 and p90 >= 0.40, f"{label}: p10 {p10:.3f}, median {p50:.3f}, p90 {p90:.3f}"
+        assert 0.12 <= p50 <= 0.35 and p10 >= 0.025 and p90 >= 0.30, f"{label}: p10 {p10:.3f}, median {p50:.3f}, p90 {p90:.3f}"
         assert len({info["framing"] for _, _, info in done}) >= 3, label
 
 
@@ -189,3 +194,33 @@ def test_a_small_cnn_learns_the_classes_from_renders(renders):
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     assert accuracy >= 0.5, f"test accuracy {accuracy:.3f}"
+
+
+def test_riders_sit_astride_with_their_feet_down_the_flanks():
+    """A rider's thighs run down the flanks, the feet hang below the knees beside the horse's barrel (not inside it)."""
+    for seed in range(8):
+        scene = Scene()
+        horse, rider = compose("both", np.random.default_rng(seed), scene, simple=True)
+        axis = horse.marks["withers"] - horse.marks["tail"]
+        side = normalize(np.cross(axis, [0.0, 1.0, 0.0]))  # horizontal, across the horse
+        middle = (horse.marks["withers"] + horse.marks["tail"]) / 2
+        for s in (-1, 1):
+            foot, knee = rider.marks[f"foot{s}"], rider.marks[f"knee{s}"]
+            assert foot[1] < knee[1] < rider.marks["top"][1], seed
+            assert rider.marks["waist"][1] - knee[1] > 0.25, seed  # thighs down along the flanks, not forward like a chair's
+            assert abs((foot - middle) @ side) > 0.25, (seed, s)  # the barrel's half-width is 0.29 m at most
+            assert foot[1] > 0.5, seed  # in the stirrups, not on the ground
+
+
+def test_horses_come_alone_and_in_herds():
+    counts = [sum(f.kind == "horse" for f in compose("horse", np.random.default_rng(seed), Scene())) for seed in range(40)]
+    assert counts.count(1) >= 12 and sum(c >= 2 for c in counts) >= 8 and max(counts) >= 3, counts
+
+
+
+@pytest.mark.slow
+def test_a_fifth_of_the_images_are_in_random_colours(renders):
+    """Domain randomization: about one image in five (RANDOMIZED_SHARE) has every surface in random colours, in every class."""
+    for label, done in renders.items():
+        share = np.mean([info["randomized"] for _, _, info in done])
+        assert 0.13 <= share <= 0.27, (label, share)  # 300 draws of p = 0.2: the standard error is 0.023

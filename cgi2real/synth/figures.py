@@ -31,6 +31,12 @@ def colour(rng: np.random.Generator, palette, randomize: float = 0.2) -> tuple:
     return tuple((base * rng.uniform(0.85, 1.15) + rng.normal(0, 0.03, 3)).clip(0, 1))
 
 
+def yaw_rotation(yaw: float) -> np.ndarray:
+    """The rotation by `yaw` radians about the vertical axis (x towards -z)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
 def _direction(angle: float, spread: float = 0.0) -> np.ndarray:
     """A unit vector `angle` radians forward of straight down, tilted `spread` radians sideways (+z)."""
     return np.array([math.sin(angle), -math.cos(angle) * math.cos(spread), math.cos(angle) * math.sin(spread)])
@@ -58,8 +64,7 @@ class Body:
 
     def box(self, center, half, material: str, yaw: float = 0.0, shadow: bool = True) -> None:
         """A box with half-sides `half`, turned `yaw` radians about the vertical axis (scenery: walls, ceilings, frames)."""
-        c, s = math.cos(yaw), math.sin(yaw)
-        rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        rotation = yaw_rotation(yaw)
         self.parts.append(Primitive("box", self.materials[material], self.figure, center=np.asarray(center, float), rotation=rotation, radii=np.asarray(half, float), shadow=shadow))
 
     def limb(self, start, angles, lengths, radii, materials, spread: float = 0.0) -> np.ndarray:
@@ -73,8 +78,7 @@ class Body:
 
     def transform(self, position, yaw: float, scale: float = 1.0):
         """The map from this figure's frame to the world: scale, turn `yaw` about the vertical, move."""
-        c, s = math.cos(yaw), math.sin(yaw)
-        turn = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        turn = yaw_rotation(yaw)
         return lambda p: turn @ (np.asarray(p) * scale) + np.asarray(position, float), turn
 
     def place(self, position, yaw: float, scale: float = 1.0) -> list[Primitive]:
@@ -153,42 +157,35 @@ def build_quadruped(scene: Scene, figure: int, rng: np.random.Generator, pose: s
     body.ellipsoid((0, 1.35, 0), (0.72 * length, 0.33 * g, 0.29 * g), "coat")  # barrel
     body.ellipsoid((0.5 * length, 1.38, 0), (0.33 * g, 0.37 * g, 0.27 * g), "coat")  # chest
     body.ellipsoid((-0.5 * length, 1.42, 0), (0.36 * g, 0.37 * g, 0.29 * g), "coat")  # rump
+    # Muscle over the bones: the shoulder sloping down from the withers, the quarters rounding into the thighs.
+    body.ellipsoid((0.5 * length, 1.4, 0), (0.38 * g, 0.14 * g, 0.3 * g), "coat", (0.45, -1.0, 0))
+    body.ellipsoid((-0.58 * length, 1.22, 0), (0.36 * g, 0.2 * g, 0.3 * g), "coat", (0.35, -1.0, 0))
+    body.ellipsoid((0.32 * length, 1.62, 0), (0.25 * g, 0.1 * g, 0.12 * g), "coat", (1.0, -0.2, 0))  # withers
 
-    # Neck and head: the neck rises at `lift`; the head hangs down from its end.
+    # Neck and head: the neck rises at `lift`, deep at the base and tapering to the poll; the head
+    # hangs down from its end, broad at the jaw and narrowing to the muzzle.
     lift = math.radians(rng.uniform(-55, -35) if pose == "graze" else rng.uniform(*shape.lift))
-    base = np.array([0.62 * length, 1.55, 0])
+    base = np.array([0.55 * length, 1.5, 0])
     along = np.array([math.cos(lift), math.sin(lift), 0])
     up = np.array([-math.sin(lift), math.cos(lift), 0])
-    poll = base + 0.75 * neck * along
-    body.capsule(base, base + 0.45 * neck * along, 0.18 * g, "coat")
-    body.capsule(base + 0.4 * neck * along, poll, 0.12 * g, "coat")
+    poll = base + 0.8 * neck * along
+    for k, depth in enumerate(np.linspace(0.3, 0.14, 9)):  # overlapping, so that the outline runs smooth
+        body.ellipsoid(base + (0.1 + 0.075 * k) * neck * along - 0.02 * up, (0.22 * neck, depth * g, 0.6 * depth * g + 0.04), "coat", along)
     side = rng.choice([-1, 1])
-    if shape.mane:  # hair hanging from the crest to one side, and a forelock
-        for k in range(5):
-            crest = base + (0.1 + 0.16 * k) * neck * along + 0.11 * up
-            body.capsule(crest, crest + np.array([0, -rng.uniform(0.1, 0.2), side * 0.07]), 0.045, "hair")
+    if shape.mane:  # a crest of hair along the top of the neck, strands hanging to one side, a forelock
+        body.ellipsoid(base + 0.45 * neck * along + (0.1 + 0.1 * g) * up, (0.4 * neck, 0.05, 0.05), "hair", along)
+        for k in range(10):
+            crest = base + (0.08 + 0.075 * k) * neck * along + (0.12 + 0.1 * g * (1 - k / 12)) * up
+            body.capsule(crest, crest + np.array([rng.normal(0, 0.03), -rng.uniform(0.12, 0.28), side * rng.uniform(0.05, 0.12)]), 0.028, "hair")
+        body.capsule(poll + 0.04 * up, poll + 0.04 * up + np.array([0.12, -0.08, 0]), 0.03, "hair")
     head = shape.head
     head_angle = lift - math.radians(rng.uniform(100, 125))
     head_dir = np.array([math.cos(head_angle), math.sin(head_angle), 0])
-    muzzle = poll + 0.5 * head * head_dir
+    muzzle = poll + 0.52 * head * head_dir
     m = shape.muzzle
-    body.ellipsoid(poll + 0.08 * head_dir, (0.15, 0.12, 0.1), "coat", head_dir)  # cheek
-    body.capsule(poll + 0.1 * head_dir, muzzle, 0.085 * m, "coat")
+    body.ellipsoid(poll + 0.1 * head * head_dir, (0.16 * head, 0.15, 0.1), "coat", head_dir)  # jaw and cheek
+    body.ellipsoid(poll + 0.3 * head * head_dir, (0.22 * head, 0.095 * m, 0.085 * m), "coat", head_dir)  # face
     body.ellipsoid(muzzle, (0.1, 0.09 * m, 0.085 * m), "coat", head_dir)
-    if species == "horse" and rng.random() < 0.25:  # a blaze down the face
-        body.ellipsoid(poll + 0.3 * head * head_dir + 0.07 * m * np.cross(head_dir, [0, 0, 1.0]), (0.2 * head, 0.02, 0.035), "sock", head_dir)
-    for s in (-1, 1):
-        ear = poll - 0.02 * head_dir + np.array([0, 0, 0.055 * s])
-        ear_dir = normalize(along + 0.6 * up - 0.3 * head_dir + (np.array([0, -0.8, 0.9 * s]) if species in ("cattle", "dog") else 0))
-        body.capsule(ear, ear + 0.13 * shape.ears * ear_dir, 0.028 * max(1.0, shape.ears * 0.6), "coat")
-        body.ellipsoid(poll + 0.17 * head_dir + np.array([0, 0.03, 0.085 * s]), (0.028, 0.028, 0.02), "eye")
-        body.ellipsoid(muzzle + 0.07 * head_dir + np.array([0, 0, 0.04 * s * m]), (0.02, 0.015, 0.015), "eye")  # nostril
-        if shape.horns == "horns" and rng.random() < 0.7:
-            body.capsule(poll + np.array([0, 0.05, 0.07 * s]), poll + np.array([0.03, 0.15, 0.22 * s]), 0.025, "horn")
-        elif shape.horns == "antlers" and rng.random() < 0.5:
-            tip = poll + np.array([-0.05, 0.45, 0.25 * s])
-            body.capsule(poll + np.array([0, 0.05, 0.05 * s]), tip, 0.02, "horn")
-            body.capsule(poll + np.array([-0.02, 0.25, 0.15 * s]), poll + np.array([0.15, 0.4, 0.18 * s]), 0.015, "horn")
     body.marks.update({"muzzle": muzzle, "poll": poll, "ears": poll + 0.15 * up, "neck": base, "withers": np.array([0.45 * length, 1.7, 0])})
 
     # Tail: three segments from the rump, swinging sideways with the gait.
@@ -202,9 +199,11 @@ def build_quadruped(scene: Scene, figure: int, rng: np.random.Generator, pose: s
         end = body.limb(root, [-bend * 0.3], [0.7], [0.025], ["coat"], spread=sway)
         body.ellipsoid(end, (0.05, 0.1, 0.05), "hair")
     else:
-        mid = body.limb(root, [-bend - 0.3], [0.3], [0.055], ["hair"], spread=sway * 0.5)
-        mid = body.limb(mid, [-bend * 0.5], [0.3], [0.075], ["hair"], spread=sway)
-        body.limb(mid, [-bend * 0.2], [0.25], [0.06], ["hair"], spread=sway * 1.5)
+        dock = body.limb(root, [-bend - 0.5], [0.22], [0.06], ["coat"], spread=sway * 0.5)
+        for k in range(6):  # strands falling from the dock, fanning out
+            fan = rng.normal(0, 0.12)
+            mid = body.limb(dock, [-bend * 0.5 + fan], [rng.uniform(0.25, 0.35)], [0.045], ["hair"], spread=sway + fan)
+            body.limb(mid, [-bend * 0.2 + 1.5 * fan], [rng.uniform(0.15, 0.3)], [0.03], ["hair"], spread=sway * 1.5 + 2 * fan)
     body.marks["tail"] = root
 
     # Legs: a gait phase per leg; a flexed leg swings forward with its lower joints folded.
@@ -224,6 +223,12 @@ def build_quadruped(scene: Scene, figure: int, rng: np.random.Generator, pose: s
         else:  # hind: thigh, gaskin, cannon, pastern (the hock points back)
             end = body.limb(top, [swing + 0.3, swing - 0.55, swing - flex * 1.1, swing - flex + 0.3], [0.4, 0.4 * legs, 0.34 * legs, 0.15], [0.12 * w, 0.075 * w, 0.05 * w, 0.045 * w], ["coat", "coat", lower, lower])
         body.ellipsoid(end + np.array([0.02, -0.02, 0]), (0.075 * w, 0.055, 0.065 * w), "hoof")
+        body.ellipsoid(end + np.array([0, 0.12, 0]), (0.05 * w, 0.05, 0.045 * w), lower)  # fetlock
+        if i < 2:  # the forearm's muscle, thick under the chest and tapering to the knee
+            body.ellipsoid(np.asarray(top) + 0.2 * legs * _direction(swing), (0.26 * legs, 0.1 * w, 0.085 * w), "coat", _direction(swing))
+        else:  # the gaskin's, below the stifle
+            gaskin = np.asarray(top) + 0.4 * _direction(swing + 0.3)
+            body.ellipsoid(gaskin + 0.15 * legs * _direction(swing - 0.55), (0.2 * legs, 0.095 * w, 0.08 * w), "coat", _direction(swing - 0.55))
         body.marks[f"hoof{i}"] = end
     return body
 
@@ -297,9 +302,10 @@ def build_human(scene: Scene, figure: int, rng: np.random.Generator, pose: str) 
             arm, elbow = rng.uniform(-0.15, 0.2), rng.uniform(0, 0.4)
         hand = body.limb((0, 1.42, 0.2 * side * width), [arm, arm + elbow], [0.29, 0.27], [0.055, 0.045], ["shirt", "shirt" if outfit in ("coat", "jacket") else "skin"], spread=side * rng.uniform(0.05, 0.25))
         body.ellipsoid(hand + 0.04 * _direction(arm + elbow), (0.06, 0.045, 0.03), "skin", _direction(arm + elbow))
-        # Legs: thigh, shin, foot. Seated riders straddle: thighs forward and apart.
+        # Legs: thigh, shin, foot. Seated riders straddle: thighs down and forward along the flanks,
+        # knees bent so that the shins hang to the stirrups under the rider.
         if seated:
-            hip, knee, spread = rng.uniform(1.2, 1.5), rng.uniform(1.2, 1.6), side * rng.uniform(0.45, 0.6)
+            hip, knee, spread = rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.2), side * rng.uniform(0.6, 0.75)
         elif pose == "walk":
             hip = 0.35 * math.sin(walk + math.pi * (side < 0))
             knee, spread = max(0.0, math.cos(walk + math.pi * (side < 0))) * 0.6, side * 0.04

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from cgi2real.synth.figures import HARD_NEGATIVES, HORSE_POSES, HUMAN_POSES, SPECIES_SCALE, Body, build_human, build_quadruped, colour
+from cgi2real.synth.figures import HARD_NEGATIVES, HORSE_POSES, HUMAN_POSES, SPECIES_SCALE, Body, build_human, build_quadruped, colour, yaw_rotation
 from cgi2real.synth.render import Camera, Material, Scene, depth_of_field, normalize, render, trace
 
 SKIES = [((0.75, 0.85, 0.95), (0.25, 0.45, 0.85)), ((0.75, 0.75, 0.78), (0.55, 0.57, 0.62)), ((0.95, 0.65, 0.4), (0.3, 0.3, 0.55))]
@@ -33,13 +33,14 @@ WALLS = [(0.85, 0.82, 0.75), (0.75, 0.65, 0.5), (0.6, 0.3, 0.22), (0.55, 0.55, 0
 BACKDROPS = {"field": 0.2, "park": 0.1, "paddock": 0.1, "street": 0.2, "building": 0.15, "room": 0.13, "stable": 0.12}
 # Framings per class: (probability, what the frame is fitted to, how much of the frame it fills).
 FRAMINGS = {
-    "human": {"wide": (0.1, "all", (0.3, 0.55)), "full": (0.3, "person", (0.7, 1.0)), "three_quarter": (0.2, "to_knees", (0.85, 1.05)),
-              "waist_up": (0.25, "to_waist", (0.85, 1.1)), "head_shoulders": (0.15, "to_chest", (0.85, 1.1))},
-    "horse": {"wide": (0.1, "all", (0.25, 0.5)), "full": (0.5, "horse", (0.7, 1.0)), "front": (0.2, "horse_front", (0.85, 1.1)),
-              "head": (0.2, "horse_head", (0.8, 1.1))},
-    "both": {"wide": (0.1, "all", (0.25, 0.5)), "full": (0.55, "pair", (0.7, 1.0)), "close": (0.35, "rider", (0.85, 1.1))},
+    "human": {"wide": (0.25, "all", (0.3, 0.55)), "full": (0.45, "person", (0.7, 1.0)), "three_quarter": (0.15, "to_knees", (0.85, 1.05)),
+              "waist_up": (0.1, "to_waist", (0.85, 1.1)), "head_shoulders": (0.05, "to_chest", (0.85, 1.1))},
+    "horse": {"wide": (0.25, "all", (0.25, 0.5)), "full": (0.6, "horse", (0.7, 1.0)), "front": (0.1, "horse_front", (0.85, 1.1)),
+              "head": (0.05, "horse_head", (0.8, 1.1))},
+    "both": {"wide": (0.3, "all", (0.25, 0.5)), "full": (0.6, "pair", (0.7, 1.0)), "close": (0.1, "rider", (0.85, 1.1))},
 }
 CLOSE_FRAMINGS = {"three_quarter", "waist_up", "head_shoulders", "front", "head", "close"}  # a lens blurs the background
+RANDOMIZED_SHARE = 0.2  # images whose every surface takes random colours and patterns (`randomize_materials`)
 HARD_NEGATIVE_PROB = 0.25  # images with another animal (not a horse) in them; the same for every class
 # "photo": framed and furnished as photographs are (the default, for training). "simple": one
 # horse, one person or one rider, whole, seen from the side and filling most of the frame, in an
@@ -90,8 +91,13 @@ def compose(label: str, rng: np.random.Generator, scene: Scene, simple: bool = F
 
     yaw = rng.uniform(0, 2 * math.pi) if yaw is None else yaw
     if label == "horse":
-        for k in range(1 if simple or rng.random() < 0.8 else 2):
-            add("horse", str(rng.choice(HORSE_POSES)), (k * rng.uniform(1.5, 3), 0, k * rng.uniform(-3, 3)), yaw + k * rng.normal(0, 0.8), rng.uniform(0.85, 1.15))
+        # Alone, or a herd of two to four (a mare and her foal, a paddock's horses), as photographed:
+        # several figures must not mean `both`.
+        count = 1 if simple else int(rng.choice([1, 2, 3, 4], p=[0.55, 0.25, 0.12, 0.08]))
+        for k in range(count):
+            spot = (k * rng.uniform(-3, 3), 0, k * rng.uniform(0.9, 3) * rng.choice([-1, 1]))  # side by side, or behind
+            scale = rng.uniform(0.55, 0.7) if k > 0 and rng.random() < 0.25 else rng.uniform(0.85, 1.15)  # a foal
+            add("horse", str(rng.choice(HORSE_POSES)), spot, yaw + k * rng.normal(0, 0.8), scale)
     elif label == "human":
         count = 1 if simple else int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))  # alone, a pair, a group
         walking = rng.random() < 0.4  # pedestrians: all walking the same way
@@ -99,27 +105,37 @@ def compose(label: str, rng: np.random.Generator, scene: Scene, simple: bool = F
             pose = "walk" if walking else str(rng.choice(HUMAN_POSES))
             spot = (rng.normal(0, 0.6) * (k > 0) - (1.2 * k if walking else 0), 0, k * rng.uniform(0.6, 1.2) * (-1) ** k)
             add("human", pose, spot, yaw + rng.normal(0, 0.1 if walking else 0.5), rng.uniform(0.75, 1.1))
-    else:
-        relation = "riding" if simple else str(rng.choice(["riding", "riding", "leading", "beside"]))
-        horse_scale = rng.uniform(0.9, 1.15)
-        horse_at = add("horse", str(rng.choice(["stand", "walk", "trot"] if relation != "beside" else HORSE_POSES)), (0, 0, 0), yaw, horse_scale, relation=relation)
-        turn = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
-        side = int(rng.choice([-1, 1]))
-        if relation == "riding":
-            saddle = Body(scene, 0)
-            saddle.material("leather", Material(colour(rng, [(0.35, 0.2, 0.1), (0.1, 0.08, 0.06)], 0.1), shine=0.3))
-            saddle.material("pad", Material(colour(rng, [(0.9, 0.9, 0.88), (0.15, 0.2, 0.45), (0.5, 0.1, 0.1)], 0.3)))
-            saddle.ellipsoid((0.05, 1.64, 0), (0.38, 0.05, 0.34), "pad")
-            saddle.ellipsoid((0.05, 1.68, 0), (0.28, 0.07, 0.31), "leather")
-            scene.primitives += saddle.place(horse_at, yaw, horse_scale)
-            rider_scale = rng.uniform(0.85, 1.0)
-            seat = horse_at + turn @ (np.array([0.05, 1.74, 0]) * horse_scale)
-            add("human", "ride", seat - np.array([0, 0.86 * rider_scale, 0]), yaw, rider_scale, on_ground=False, relation=relation)
-        elif relation == "leading":
-            add("human", "lead", turn @ np.array([rng.uniform(1.0, 1.4), 0, side * rng.uniform(0.5, 0.7)]), yaw, rng.uniform(0.8, 1.05), relation=relation)
-        else:
-            add("human", str(rng.choice(["stand", "wave", "point"])), turn @ np.array([rng.uniform(-0.7, 0.5), 0, side * rng.uniform(0.7, 1.1)]), rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.05), relation=relation)
+    else:  # a person riding, leading or beside a horse; out riding, sometimes in a group of riders
+        turn = yaw_rotation(yaw)
+        pairs = 1 if simple or rng.random() < 0.75 else int(rng.choice([2, 2, 3]))
+        for k in range(pairs):
+            relation = "riding" if simple or k > 0 else str(rng.choice(["riding"] * 5 + ["leading", "beside"]))
+            origin = turn @ np.array([-k * rng.uniform(2.5, 4), 0, k * rng.uniform(1.2, 2.5) * rng.choice([-1, 1])])
+            _add_pair(add, scene, rng, relation, origin, yaw + k * rng.normal(0, 0.2))
     return figures
+
+
+def _add_pair(add, scene: Scene, rng: np.random.Generator, relation: str, origin: np.ndarray, yaw: float) -> None:
+    """A horse at `origin` heading `yaw`, and a person riding it (in a saddle), leading it or beside it."""
+    horse_scale = rng.uniform(0.9, 1.15)
+    horse_at = add("horse", str(rng.choice(["stand", "walk", "trot"] if relation != "beside" else HORSE_POSES)), origin, yaw, horse_scale, relation=relation)
+    turn = yaw_rotation(yaw)
+    side = int(rng.choice([-1, 1]))
+    if relation == "riding":
+        saddle = Body(scene, len(scene.figures) - 1)  # part of the horse just added
+        saddle.material("leather", Material(colour(rng, [(0.35, 0.2, 0.1), (0.1, 0.08, 0.06)], 0.1), shine=0.3))
+        saddle.material("pad", Material(colour(rng, [(0.9, 0.9, 0.88), (0.15, 0.2, 0.45), (0.5, 0.1, 0.1)], 0.3)))
+        saddle.ellipsoid((0.05, 1.64, 0), (0.38, 0.05, 0.34), "pad")
+        saddle.ellipsoid((0.05, 1.68, 0), (0.28, 0.07, 0.31), "leather")
+        scene.primitives += saddle.place(horse_at, yaw, horse_scale)
+        rider_scale = rng.uniform(0.85, 1.0)
+        seat = horse_at + turn @ (np.array([0.05, 1.74, 0]) * horse_scale)
+        add("human", "ride", seat - np.array([0, 0.86 * rider_scale, 0]), yaw, rider_scale, on_ground=False, relation=relation)
+    elif relation == "leading":
+        add("human", "lead", origin + turn @ np.array([rng.uniform(1.0, 1.4), 0, side * rng.uniform(0.5, 0.7)]), yaw, rng.uniform(0.8, 1.05), relation=relation)
+    else:
+        spot = origin + turn @ np.array([rng.uniform(-0.7, 0.5), 0, side * rng.uniform(0.7, 1.1)])
+        add("human", str(rng.choice(["stand", "wave", "point"])), spot, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.05), relation=relation)
 
 
 def _framed_points(fit: str, figures: list[Figure]) -> np.ndarray:
@@ -366,6 +382,9 @@ def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12,
         if score >= 1:
             break
     score, camera, distance, scene.primitives, attempt, framing, animals, traced = best
+    randomized = not simple and rng.random() < RANDOMIZED_SHARE
+    if randomized:
+        randomize_materials(scene, rng)
     pixels, figure_ids, coverage, depth = render(scene, camera, traced)
     if framing in CLOSE_FRAMINGS and rng.random() < 0.7:
         pixels = depth_of_field(pixels, depth, distance, rng.uniform(1, 3) * size / 128)
@@ -375,8 +394,19 @@ def render_scene(label: str, seed: int, size: int = 299, max_attempts: int = 12,
     info = {"label": label, "seed": seed, "figures": [{**f, "share": round(s, 4)} for f, s in zip(scene.figures, shares)],
             "coverage": round(float(coverage.mean()), 4), "framing": framing,
             "backdrop": backdrop, "animals": animals, "attempts": attempt + 1, "fov": round(float(np.degrees(2 * np.arctan(size / 2 / camera.focal))), 1),
-            "distance": round(distance, 2), "visible": score >= 1}
+            "distance": round(distance, 2), "visible": score >= 1, "randomized": randomized}
     return Rendering(image, mask, info)
+
+
+def randomize_materials(scene: Scene, rng: np.random.Generator) -> None:
+    """Domain randomization: every surface (figures, scenery, ground, sky) in random colours and
+    patterns, so that a model learns shapes rather than this renderer's palette."""
+    for material in scene.materials:
+        material.colour, material.colour2 = tuple(rng.uniform(0, 1, 3)), tuple(rng.uniform(0, 1, 3))
+        material.pattern = str(rng.choice(["solid", "solid", "patches"]))  # no stripes: a striped horse is a zebra
+        material.scale = rng.uniform(1, 10)
+    scene.ground = (tuple(rng.uniform(0, 1, 3)), tuple(rng.uniform(0, 1, 3)))
+    scene.sky = (tuple(rng.uniform(0.2, 1, 3)), tuple(rng.uniform(0, 1, 3)))
 
 
 def _visibility(shares: list[float], figures: list[dict]) -> float:
