@@ -63,7 +63,7 @@ def assert_same_rows(table: dict, reference: dict):
     for path, row in reference.items():
         assert (table[path]["label"], table[path]["error"]) == (row["label"], row["error"]), path
         if row["error"] is None:
-            np.testing.assert_allclose(table[path]["confidence"], row["confidence"], atol=1e-4)  # other batch-mates: float noise
+            np.testing.assert_allclose(table[path]["confidence"], row["confidence"], atol=5e-4)  # other batch-mates: float32 noise (~1e-4)
 
 
 # --- Transient faults --------------------------------------------------------------------------
