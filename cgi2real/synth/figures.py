@@ -186,6 +186,20 @@ def build_quadruped(scene: Scene, figure: int, rng: np.random.Generator, pose: s
     body.ellipsoid(poll + 0.1 * head * head_dir, (0.16 * head, 0.15, 0.1), "coat", head_dir)  # jaw and cheek
     body.ellipsoid(poll + 0.3 * head * head_dir, (0.22 * head, 0.095 * m, 0.085 * m), "coat", head_dir)  # face
     body.ellipsoid(muzzle, (0.1, 0.09 * m, 0.085 * m), "coat", head_dir)
+    if species == "horse" and rng.random() < 0.25:  # a blaze down the face
+        body.ellipsoid(poll + 0.3 * head * head_dir + 0.07 * m * np.cross(head_dir, [0, 0, 1.0]), (0.2 * head, 0.02, 0.035), "sock", head_dir)
+    for s in (-1, 1):
+        ear = poll - 0.02 * head_dir + np.array([0, 0, 0.055 * s])
+        ear_dir = normalize(along + 0.6 * up - 0.3 * head_dir + (np.array([0, -0.8, 0.9 * s]) if species in ("cattle", "dog") else 0))
+        body.capsule(ear, ear + 0.13 * shape.ears * ear_dir, 0.028 * max(1.0, shape.ears * 0.6), "coat")
+        body.ellipsoid(poll + 0.17 * head_dir + np.array([0, 0.03, 0.085 * s]), (0.028, 0.028, 0.02), "eye")
+        body.ellipsoid(muzzle + 0.07 * head_dir + np.array([0, 0, 0.04 * s * m]), (0.02, 0.015, 0.015), "eye")  # nostril
+        if shape.horns == "horns" and rng.random() < 0.7:
+            body.capsule(poll + np.array([0, 0.05, 0.07 * s]), poll + np.array([0.03, 0.15, 0.22 * s]), 0.025, "horn")
+        elif shape.horns == "antlers" and rng.random() < 0.5:
+            tip = poll + np.array([-0.05, 0.45, 0.25 * s])
+            body.capsule(poll + np.array([0, 0.05, 0.05 * s]), tip, 0.02, "horn")
+            body.capsule(poll + np.array([-0.02, 0.25, 0.15 * s]), poll + np.array([0.15, 0.4, 0.18 * s]), 0.015, "horn")
     body.marks.update({"muzzle": muzzle, "poll": poll, "ears": poll + 0.15 * up, "neck": base, "withers": np.array([0.45 * length, 1.7, 0])})
 
     # Tail: three segments from the rump, swinging sideways with the gait.
