@@ -38,7 +38,7 @@ from cgi2real.archs import get_arch  # noqa: E402
 from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
 from cgi2real.model import build_model  # noqa: E402
-from cgi2real.presets import EvalPreset  # noqa: E402
+from cgi2real.presets import EvalPreset, normalize  # noqa: E402
 from cgi2real.synth.dataset import image_seed  # noqa: E402
 from cgi2real.synth.scenes import render_scene  # noqa: E402
 
@@ -81,15 +81,14 @@ class Backbone:
         spec = get_arch(arch)
         self.model = build_model(len(CLASSES), size, "imagenet", arch=arch).eval()
         self.preset = EvalPreset(size, DEFAULT_GEOMETRY)
-        self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        self.mean, self.std = spec.mean, spec.std
 
     @torch.inference_mode()
     def __call__(self, images: list[bytes], batch: int = 32) -> np.ndarray:
         out = []
         for start in range(0, len(images), batch):
-            x = torch.stack([self.preset(b) for b in images[start:start + batch]]).float() / 255
-            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            x = normalize(torch.stack([self.preset(b) for b in images[start:start + batch]]), self.mean, self.std)
+            x = x.contiguous(memory_format=torch.channels_last)
             out.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).numpy())
         return np.concatenate(out)
 
