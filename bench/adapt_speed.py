@@ -6,7 +6,7 @@
   memory, same size and batch: the model-compute ceiling.
 - bare statistics pass: `estimate_bn_statistics` over the same in-memory batches (BatchNorm in
   training mode): the adaptation's own compute.
-- streamed: `cgi2real.adapt.run(method="bn")` from image files to an adapted package: end to end
+- streamed: `cgi2real.stages.adapt.run(method="bn")` from image files to an adapted package: end to end
   (Ray Data and the model task's start-up included, Ray's own start-up excluded) and from its
   first batch on.
 
@@ -26,15 +26,17 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from cgi2real import adapt  # noqa: E402
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.config import AdaptConfig  # noqa: E402
-from cgi2real.data import decode_for_labeling, scan_image_files  # noqa: E402
-from cgi2real.model import build_model, package_config, save_model_package  # noqa: E402
-from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, normalize  # noqa: E402
-from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
-from cgi2real.device import autocast# noqa: E402
-from cgi2real.runtime import start_ray# noqa: E402
+from cgi2real.stages import adapt  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.config import AdaptConfig  # noqa: E402
+from cgi2real.pipelines.batches import decode_for_labeling
+from cgi2real.formats.class_folders import scan_image_files  # noqa: E402
+from cgi2real.model.networks import build_model, package_config, save_model_package  # noqa: E402
+from cgi2real.core.archs import IMAGENET_MEAN, IMAGENET_STD
+from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
+from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.model.inputs import autocast
+from cgi2real.runtime.cluster import start_ray
 
 
 def in_memory_batches(pixels: np.ndarray, batch_size: int, device: torch.device) -> list[dict]:

@@ -2,7 +2,7 @@
 
     python bench/decode_equivalence.py --model PKG [--data DIR ...]
 
-Labels each folder twice with `cgi2real.label.run` (whole pipeline, Ray included), once per mode,
+Labels each folder twice with `cgi2real.stages.label.run` (whole pipeline, Ray included), once per mode,
 and compares the tables row by row: label agreement, the largest and mean probability difference,
 and whether the error rows are identical. Use a trained package: a random-init network turns a level of pixel
 noise into any probability, which says nothing about the decoders.
@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real.config import LabelConfig  # noqa: E402
-from cgi2real.label import run  # noqa: E402
+from cgi2real.core.config import LabelConfig  # noqa: E402
+from cgi2real.stages.label import run  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 DEFAULT_DATA = [os.path.join(SHARED, "horse_or_human", "validation"), os.path.join(SHARED, "cgi2real_seed", "val")]

@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real import device_preset  # noqa: E402
+from cgi2real.imaging import gpu_eval as device_preset  # noqa: E402
 
 
 def sizes(n: int, seed: int = 0) -> list[tuple[int, int, int]]:

@@ -7,9 +7,9 @@ would take longer than the benchmark itself.
 import os
 import shutil
 
-from cgi2real.classes import DEFAULT_CLASSES
-from cgi2real.storage import locate
-from cgi2real.synth.dataset import image_name, write_rendering
+from cgi2real.core.classes import DEFAULT_CLASSES
+from cgi2real.storage.locations import locate
+from cgi2real.stages.synth import image_name, write_rendering
 
 
 def replicated_dataset(out: str, per_class: int, size: int = 320, unique: int = 40) -> str:

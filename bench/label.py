@@ -3,7 +3,7 @@
     python bench/label.py [--data ../shared/data/horse_or_human/train] [--arch inception_v3 efficientnet_lite0] [--image-size S] [--batch-size 32]
     python bench/label.py --gpu --photos 50000 --image-size 299 --decode cpu device --actors 1 2
 
-- pipeline: `cgi2real.label.run` end to end from image files to a committed Parquet table
+- pipeline: `cgi2real.stages.label.run` end to end from image files to a committed Parquet table
   (listing, reading, model actors, writing; Ray start-up excluded, actor start-up included),
   and its rate after the first results arrived (the fixed start-up excluded). One run per
   `--decode` mode (and, on a GPU, per `--actors` count).
@@ -31,16 +31,19 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real.archs import ARCHS  # noqa: E402
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.config import LabelConfig  # noqa: E402
-from cgi2real.data import decode_for_labeling, read_for_device, scan_image_files  # noqa: E402
-from cgi2real.label import CPU_BATCH_SIZE, DECODES, GPU_BATCH_SIZE, run  # noqa: E402
-from cgi2real.labeler import Labeler  # noqa: E402
-from cgi2real.device_preset import DevicePreset, decode_jpegs  # noqa: E402
-from cgi2real.model import build_model, package_config, read_model_package, save_model_package  # noqa: E402
-from cgi2real.presets import EvalPreset  # noqa: E402
-from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.core.archs import ARCHS  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.config import LabelConfig  # noqa: E402
+from cgi2real.pipelines.batches import decode_for_labeling, read_for_device
+from cgi2real.formats.class_folders import scan_image_files  # noqa: E402
+from cgi2real.stages.label import CPU_BATCH_SIZE, GPU_BATCH_SIZE, run
+from cgi2real.core.config import DECODES  # noqa: E402
+from cgi2real.pipelines.labeler import Labeler  # noqa: E402
+from cgi2real.imaging.gpu_eval import DevicePreset, decode_jpegs  # noqa: E402
+from cgi2real.model.networks import build_model, package_config, save_model_package
+from cgi2real.formats.package import read_model_package  # noqa: E402
+from cgi2real.imaging.presets import EvalPreset  # noqa: E402
+from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 

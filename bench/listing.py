@@ -9,7 +9,7 @@ Starts a moto S3 server on loopback behind the tests' proxy (`tests/s3_faults.py
 
     python bench/listing.py --folders 64 --keys-per-folder 2000 --latency 0.05
 
-With --label SECONDS it then labels the prefix (`cgi2real.label.run`, a random-init 75 px package;
+With --label SECONDS it then labels the prefix (`cgi2real.stages.label.run`, a random-init 75 px package;
 the keys are empty files, so every row is an `empty file` error and no time goes to decoding) with
 LISTING_HEAD_START set to SECONDS, and reports when the first results came against how long the
 listing took.
@@ -31,12 +31,12 @@ import pyarrow.fs as pafs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cgi2real import label  # noqa: E402
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.config import DEFAULT_GEOMETRY, LabelConfig  # noqa: E402
-from cgi2real.model import build_model, package_config, save_model_package  # noqa: E402
-from cgi2real.sources import list_images  # noqa: E402
-from cgi2real.storage import locate, s3_filesystem  # noqa: E402
+from cgi2real.stages import label  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.config import DEFAULT_GEOMETRY, LabelConfig  # noqa: E402
+from cgi2real.model.networks import build_model, package_config, save_model_package  # noqa: E402
+from cgi2real.storage.listing import list_images  # noqa: E402
+from cgi2real.storage.locations import locate, s3_filesystem  # noqa: E402
 from tests.conftest import S3_ENV, _free_port  # noqa: E402
 from tests.s3_faults import FaultProxy  # noqa: E402
 

@@ -6,7 +6,7 @@
 For each render seed, `--per-class` images per class are rendered at the backbone's size (the
 `cgi2real synth` files: `--scenes photo`, JPEG quality 92, the same seeds), framed by the project's
 eval preset, and passed through the frozen ImageNet backbone as the project builds it
-(`cgi2real.model.build_model(..., "imagenet", arch)`, pooled features before the classifier). A linear
+(`cgi2real.model.networks.build_model(..., "imagenet", arch)`, pooled features before the classifier). A linear
 head (scikit-learn's logistic regression on standardized features, L2 with C = 1, classes weighted
 to balance: `fit_probe`, as `../shared/tools/pretrained_probe.py` fits it; `pip install scikit-learn`) is fitted on them and measured on `real_dev/val` (382 real photos, never
 trained on): balanced accuracy, recall per class and the confusion. The same head is also fitted
@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real.archs import get_arch  # noqa: E402
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
-from cgi2real.model import build_model  # noqa: E402
-from cgi2real.presets import EvalPreset, normalize  # noqa: E402
-from cgi2real.synth.dataset import image_seed  # noqa: E402
+from cgi2real.core.archs import get_arch  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.model.networks import build_model  # noqa: E402
+from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
+from cgi2real.stages.synth import image_seed  # noqa: E402
 from cgi2real.synth.scenes import render_scene  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))

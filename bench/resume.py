@@ -20,11 +20,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.label import LabelTable, to_table  # noqa: E402
-from cgi2real.model import build_model, package_config, package_from_bytes, read_model_package, save_model_package  # noqa: E402
-from cgi2real.config import DEFAULT_GEOMETRY  # noqa: E402
-from cgi2real.storage import locate  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.formats.label_table import LabelTable, to_table  # noqa: E402
+from cgi2real.model.networks import build_model, package_config, package_from_bytes, save_model_package
+from cgi2real.formats.package import read_model_package  # noqa: E402
+from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.storage.locations import locate  # noqa: E402
 
 PART_ROWS = 100_000
 IMAGE_SIZE = 75  # the smallest Inception v3 input: the new images are few, their speed is not the point
@@ -43,12 +44,12 @@ else:
 {PEAK}
 sys.exit(code)
 """
-IMPORTS = f"import cgi2real.cli, cgi2real.label, ray, ray.data\n{PEAK}"
-# Only pyarrow and cgi2real.sources: the part files are globbed.
+IMPORTS = f"import cgi2real.cli, cgi2real.stages.label, ray, ray.data\n{PEAK}"
+# Only pyarrow and cgi2real.storage.listing: the part files are globbed.
 DIFFERENCE = f"""
 import glob, sys
-from cgi2real.sources import drop_labeled, labeled_paths, read_manifest
-from cgi2real.storage import locate
+from cgi2real.storage.listing import drop_labeled, labeled_paths, read_manifest
+from cgi2real.storage.locations import locate
 source = read_manifest(sys.argv[1])
 print("  reading the manifest: peak RSS", int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024, "MB")
 parts = sorted(glob.glob(sys.argv[2] + "/part-*.parquet"))
@@ -127,7 +128,7 @@ def main() -> None:
         if args.label_only:
             return
         print(diff_out, end="")
-        print(f"imports alone:       peak RSS {floor:.0f} MB, {floor_s:.1f} s (cgi2real.cli, cgi2real.label, ray, ray.data)")
+        print(f"imports alone:       peak RSS {floor:.0f} MB, {floor_s:.1f} s (cgi2real.cli, cgi2real.stages.label, ray, ray.data)")
         print(f"difference alone:    peak RSS {diff:.0f} MB, {diff_s:.1f} s (read manifest + table paths, Arrow anti-join)")
         print(f"driver above imports: {peak - floor:.0f} MB")
 

@@ -21,11 +21,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.config import ReviewConfig  # noqa: E402
-from cgi2real.label import LabelTable, to_table  # noqa: E402
-from cgi2real.review import lowest_rows, read_counts, read_tiles, run, sample_rows  # noqa: E402
-from cgi2real.storage import locate  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.config import ReviewConfig  # noqa: E402
+from cgi2real.formats.label_table import LabelTable, to_table  # noqa: E402
+from cgi2real.stages.review import lowest_rows, read_counts, read_tiles, run, sample_rows  # noqa: E402
+from cgi2real.storage.locations import locate  # noqa: E402
 
 PART_ROWS = 100_000
 

@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real.config import SynthConfig  # noqa: E402
-from cgi2real.runtime import start_ray  # noqa: E402
-from cgi2real.synth import dataset  # noqa: E402
+from cgi2real.core.config import SynthConfig  # noqa: E402
+from cgi2real.runtime.cluster import start_ray  # noqa: E402
+from cgi2real.stages import synth as dataset  # noqa: E402
 
 
 def render(out: str, per_class: int, size: int, scenes: str, block: int) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.synth.scenes import render_scene  # noqa: E402
 
 

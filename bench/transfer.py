@@ -2,8 +2,8 @@
 
     python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--work DIR] [--publish docs/transfer.md]
 
-Every run trains with `cgi2real.train.run` (Ray Train, the CLI's code) on CGI-only roots from
-../shared/data and renders of `cgi2real synth`, then `cgi2real.evaluate.run` measures it on
+Every run trains with `cgi2real.stages.train.run` (Ray Train, the CLI's code) on CGI-only roots from
+../shared/data and renders of `cgi2real synth`, then `cgi2real.stages.evaluate.run` measures it on
 `real_dev/val` (382 real photos: balanced accuracy and per-class recall, the number to beat),
 `horse_or_human/validation` (CGI on white) and `cgi2real_seed/test_real` (14 real photos). Each
 run is repeated for every seed (the validation split, the initialization and the shuffles), and
@@ -26,11 +26,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from quality import train_once  # noqa: E402
 
-from cgi2real import evaluate  # noqa: E402
-from cgi2real.archs import ARCHS  # noqa: E402
-from cgi2real.config import EvalConfig, SynthConfig, TrainConfig  # noqa: E402
-from cgi2real.model import read_model_package  # noqa: E402
-from cgi2real.synth import dataset as synth  # noqa: E402
+from cgi2real.stages import evaluate  # noqa: E402
+from cgi2real.core.archs import ARCHS  # noqa: E402
+from cgi2real.core.config import EvalConfig, SynthConfig, TrainConfig  # noqa: E402
+from cgi2real.formats.package import read_model_package  # noqa: E402
+from cgi2real.stages import synth  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 ROOTS = {

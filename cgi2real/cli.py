@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from cgi2real.classes import parse_classes
-from cgi2real.archs import ARCHS
-from cgi2real.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig
-from cgi2real.errors import InputError, RunFailed
-from cgi2real.progress import VERBOSE_ENV
+from cgi2real.core.archs import ARCHS
+from cgi2real.core.classes import parse_classes
+from cgi2real.core.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig
+from cgi2real.core.errors import InputError, RunFailed
+from cgi2real.runtime.progress import VERBOSE_ENV
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 
@@ -70,6 +70,9 @@ def _fails_cleanly(command):
             typer.echo(f"error: {_one_line(e)}", err=True)
             raise typer.Exit(2) from None
         except RunFailed as e:
+            typer.echo(f"error: {_one_line(e)}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # the machine's, not the input's: a full disk, a permission lost mid-run
             typer.echo(f"error: {_one_line(e)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -134,7 +137,7 @@ def train(
     s3_endpoint: S3Endpoint = None,
 ):
     """Train a classifier (Inception v3 or EfficientNet-Lite) on Ray Train and write a model package."""
-    from cgi2real import train as training
+    from cgi2real.stages import train as training
 
     cfg = TrainConfig(
         data=tuple(data), out=out, data_weights=parse_weights(data_weights), val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
@@ -173,7 +176,7 @@ def adapt(
     s3_endpoint: S3Endpoint = None,
 ):
     """Adapt a model package to unlabeled photos (no labels read) and write the adapted package."""
-    from cgi2real import adapt as adaptation
+    from cgi2real.stages import adapt as adaptation
 
     summary = adaptation.run(
         AdaptConfig(
@@ -200,7 +203,7 @@ def evaluate(
     s3_endpoint: S3Endpoint = None,
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrices and calibration (ECE, reliability diagrams) of a model package."""
-    from cgi2real import evaluate as evaluation
+    from cgi2real.stages import evaluate as evaluation
 
     result = evaluation.run(
         EvalConfig(
@@ -239,7 +242,7 @@ def label(
     s3_endpoint: S3Endpoint = None,
 ):
     """Label every image under SOURCE (or listed in --manifest) with a model package into a Parquet label table (resumable)."""
-    from cgi2real import label as labeling
+    from cgi2real.stages import label as labeling
 
     summary = labeling.run(
         LabelConfig(
@@ -267,7 +270,7 @@ def summary(
     s3_endpoint: S3Endpoint = None,
 ):
     """Rows per class, mean confidence, error reasons and models used in a label table."""
-    from cgi2real import review
+    from cgi2real.stages import review
 
     typer.echo(review.format_summary(review.summarize_table(table, s3_endpoint)))
 
@@ -284,8 +287,8 @@ def review(
     s3_endpoint: S3Endpoint = None,
 ):
     """Write a static web page to look at a label table: counts, confidence histograms, sample thumbnails, the least confident, errors."""
-    from cgi2real import review as reviewing
-    from cgi2real.config import ReviewConfig
+    from cgi2real.core.config import ReviewConfig
+    from cgi2real.stages import review as reviewing
 
     shown = reviewing.run(ReviewConfig(table=table, out=out, per_class=per_class, lowest=lowest, errors=errors, seed=seed, s3_endpoint=s3_endpoint))
     typer.echo(labeling_counts(shown))
@@ -307,7 +310,7 @@ def info(
     s3_endpoint: S3Endpoint = None,
 ):
     """Show a model package's classes, input, provenance and training history."""
-    from cgi2real.model import load_model_package
+    from cgi2real.model.networks import load_model_package
 
     typer.echo(describe_package(load_model_package(package, s3_endpoint).config, package))
 
@@ -353,7 +356,7 @@ def describe_package(config: dict, where: str) -> str:
                 f"  {m['epoch']:5} {m['stage']:9} {m['train_loss']:10.4f} {m['train_acc']:10.3f} {m['val_loss']:9.4f} {m['val_acc']:8.3f} {m['img_per_s']:6.1f}{best}"
             )
     if config.get("adaptation"):
-        from cgi2real.adapt import describe_adaptation
+        from cgi2real.stages.adapt import describe_adaptation
 
         lines += describe_adaptation(config["adaptation"])
     return "\n".join(lines)
@@ -372,8 +375,8 @@ def synth(
     s3_endpoint: S3Endpoint = None,
 ):
     """Render CGI images of horses, people and both into class folders, as a Ray Data job."""
-    from cgi2real.config import SynthConfig
-    from cgi2real.synth import dataset
+    from cgi2real.core.config import SynthConfig
+    from cgi2real.stages import synth as dataset
 
     counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), masks=masks, scenes=scenes, s3_endpoint=s3_endpoint))
     rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
@@ -391,7 +394,7 @@ def samples(
     seed: Annotated[int, typer.Option(help="Seed, as for synth.")] = 0,
 ):
     """Render a contact sheet of synth samples (the README's picture)."""
-    from cgi2real.synth.dataset import contact_sheet
+    from cgi2real.stages.synth import contact_sheet
 
     contact_sheet(out, per_class, size, seed)
     typer.echo(f"contact sheet: {out}")

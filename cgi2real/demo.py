@@ -11,9 +11,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from cgi2real.archs import get_arch
-from cgi2real.config import EvalConfig, LabelConfig, ReviewConfig, SynthConfig, TrainConfig
-from cgi2real.errors import InputError, RunFailed
+from cgi2real.core.archs import get_arch
+from cgi2real.core.config import EvalConfig, LabelConfig, ReviewConfig, SynthConfig, TrainConfig
+from cgi2real.core.errors import InputError, RunFailed
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,11 @@ class DemoConfig:
 
 def run(cfg: DemoConfig, echo=print) -> dict:
     """Render, train, evaluate, label, review under cfg.workdir; return the figures it printed."""
-    from cgi2real import evaluate as evaluation
-    from cgi2real import label as labeling
-    from cgi2real import review as reviewing
-    from cgi2real import train as training
-    from cgi2real.synth import dataset
+    from cgi2real.stages import evaluate as evaluation
+    from cgi2real.stages import label as labeling
+    from cgi2real.stages import review as reviewing
+    from cgi2real.stages import synth as dataset
+    from cgi2real.stages import train as training
 
     if cfg.weights not in ("imagenet", "none"):
         raise InputError(f"demo --weights {cfg.weights!r}: expected one of imagenet, none")
@@ -85,7 +85,7 @@ def run(cfg: DemoConfig, echo=print) -> dict:
     epochs_head, epochs_finetune = _epochs(recipe, cfg.epochs)
     started = time.monotonic()
     if cfg.weights == "imagenet":
-        from cgi2real.model import imagenet_state_dict
+        from cgi2real.model.networks import imagenet_state_dict
 
         imagenet_state_dict(arch)  # installed, cached or downloadable, or a clear error now, before any work
     root = os.path.abspath(cfg.workdir)

@@ -12,8 +12,8 @@ import shlex
 import time
 
 import cgi2real
-from cgi2real.errors import InputError
-from cgi2real.storage import first_line
+from cgi2real.core.errors import InputError
+from cgi2real.storage.locations import first_line
 
 COMMANDS = ("train", "adapt", "label", "synth")
 PASSED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")

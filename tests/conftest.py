@@ -3,6 +3,7 @@
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,8 +13,14 @@ import urllib.request
 from collections import Counter
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
-from cgi2real.synth.dataset import write_dataset
+from cgi2real.cli import app
+from cgi2real.model.networks import build_model
+from cgi2real.stages.synth import write_dataset
+from tests.labeling import make_package, write_zoo
+from tests.s3_faults import FaultProxy
 
 # Fake credentials for the local S3 server; set before Ray starts so its workers inherit them.
 S3_ENV = {
@@ -42,6 +49,14 @@ def image_root(tmp_path_factory):
         return made[key]
 
     return make
+
+
+def invoke(*args, code: int | None = 0):
+    """Run the CLI in-process with `args`; assert its exit code (unless `code` is None); return the result."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if code is not None:
+        assert result.exit_code == code, result.output + repr(result.exception)
+    return result
 
 
 def _free_port() -> int:
@@ -141,3 +156,72 @@ def kill_after_checkpoint(command: list[str], run_folder, env: dict, epoch: int 
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     return process.communicate()[0]
+
+
+# --- Shared models, images and S3 faults ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return build_model(3, 96, "none")
+
+
+@pytest.fixture(scope="session")
+def package(image_root, tmp_path_factory):
+    return make_package(str(tmp_path_factory.mktemp("pkg") / "pkg"), image_root(16, 96))
+
+
+@pytest.fixture(scope="session")
+def source(image_root, tmp_path_factory):
+    """48 generated JPEGs in class folders plus the zoo; returns (folder, zoo reasons)."""
+    folder = tmp_path_factory.mktemp("source") / "images"
+    shutil.copytree(image_root(16, 96), folder)
+    return str(folder), write_zoo(str(folder / "zoo"))
+
+
+TIMEOUT = "2"  # seconds without a byte before the S3 client abandons a request (a stall)
+
+
+@pytest.fixture(scope="session")
+def photos(image_root, s3_client, tmp_path_factory):
+    """A bucket "scale-photos" with 12 generated JPEGs under photos/ and three broken files; returns their keys."""
+    folder = tmp_path_factory.mktemp("photos") / "photos"
+    shutil.copytree(image_root(4, 96), folder, ignore=shutil.ignore_patterns("_masks"))
+    write_zoo(str(folder / "zoo"))
+    for name in os.listdir(folder / "zoo"):
+        if name not in ("truncated.jpg", "text.jpg", "zero_bytes.jpg"):
+            os.remove(folder / "zoo" / name)
+    s3_client.create_bucket(Bucket="scale-photos")
+    upload_folder(s3_client, str(folder), "scale-photos", "photos")
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket="scale-photos")["Contents"])
+    assert len(keys) == 15
+    return keys
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_endpoint):
+    os.environ["CGI2REAL_S3_TIMEOUT"] = TIMEOUT  # before the proxy's filesystem is made (and cached)
+    with FaultProxy(s3_endpoint, stall_seconds=3 * float(TIMEOUT)) as p:
+        yield p
+    os.environ.pop("CGI2REAL_S3_TIMEOUT")
+
+
+# --- Markers: what a test needs (pyproject.toml registers them; `pytest -m "not ray"` leaves Ray out) ---
+
+NEEDS = {
+    "ray": {"ray_cluster"},
+    "s3": {"s3_endpoint", "s3_client", "bucket", "photos", "proxy", "s3_request_log"},
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        fixtures = set(item.fixturenames)
+        for marker, needs in NEEDS.items():
+            if fixtures & needs:
+                item.add_marker(marker)
+        if "cluster" in item.path.parts:  # several Ray nodes, a `ray start` head, cluster.yaml
+            item.add_marker("cluster")
+            item.add_marker("ray")
+

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from tests.imaging.test_presets import exif_with_mistyped_tag
 from tests.labeling import encode, png_header_only
-from tests.test_presets import exif_with_mistyped_tag
 
 
 def seeds() -> dict[str, bytes]:
@@ -78,10 +78,10 @@ def write(folder: str, count: int) -> list[str]:
 
 
 def main(folder: str) -> None:
-    from cgi2real.classes import DEFAULT_CLASSES, composite_pairs
-    from cgi2real.data import decode_for_labeling, load_training_batch
-    from cgi2real.presets import EvalPreset, TrainPreset
-    from cgi2real.storage import locate
+    from cgi2real.core.classes import DEFAULT_CLASSES, composite_pairs
+    from cgi2real.imaging.presets import EvalPreset, TrainPreset
+    from cgi2real.pipelines.batches import decode_for_labeling, load_training_batch
+    from cgi2real.storage.locations import locate
 
     paths = sorted(os.path.join(folder, n) for n in os.listdir(folder))
     fs = locate("/").fs

@@ -8,22 +8,14 @@ import zlib
 import numpy as np
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from cgi2real.classes import DEFAULT_CLASSES, is_image_name
-from cgi2real.cli import app
-from cgi2real.data import MASKS_FOLDER
-from cgi2real.device_preset import DevicePreset, device_orientation
-from cgi2real.model import build_model, load_model_package, package_config, save_model_package
-from cgi2real.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, ImageError, normalize
-from cgi2real.config import DEFAULT_GEOMETRY
-
-
-def invoke(*args, code=0):
-    """Run the CLI in-process with `args`; assert its exit code; return the result."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output + repr(result.exception)
-    return result
+from cgi2real.core.archs import IMAGENET_MEAN, IMAGENET_STD
+from cgi2real.core.classes import DEFAULT_CLASSES, MASKS_FOLDER, is_image_name
+from cgi2real.core.config import DEFAULT_GEOMETRY
+from cgi2real.imaging.gpu_eval import DevicePreset, device_orientation
+from cgi2real.imaging.presets import EvalPreset, ImageError, normalize
+from cgi2real.model.networks import build_model, load_model_package, package_config, save_model_package
+from cgi2real.storage.locations import locate
 
 
 def make_package(out: str, image_folder: str, image_size: int = 96, seed: int = 0) -> str:
@@ -133,3 +125,10 @@ def write_zoo(folder: str) -> dict[str, str | None]:
     with open(os.path.join(folder, "notes.txt"), "w") as f:
         f.write("not an input: wrong extension\n")
     return {name: reason for name, (_, reason) in files.items()}
+
+
+def batch_of(paths: list[str], size: int = 96) -> dict:
+    """A decoded batch as the pipeline's CPU stage makes it."""
+    from cgi2real.pipelines.batches import decode_for_labeling
+
+    return decode_for_labeling({"path": np.array(paths, object), "size": np.array([os.path.getsize(p) for p in paths])}, EvalPreset(size), locate("/").fs)

@@ -5,7 +5,8 @@ Requests pass through unchanged, except those for an object key given a fault:
 - "reset": send the headers and half the body, then reset the connection (RST);
 - "stall": wait `stall_seconds` before answering (longer than the client's timeout: it gives up).
 
-A listing request (`?list-type=2&prefix=P`) is keyed "LIST bucket/P". Each fault fires for a
+A listing request (`?list-type=2&prefix=P`) is keyed "LIST bucket/P"; "PUT bucket/key" (any
+method) gives a fault to that method's requests only. Each fault fires for a
 number of requests (`times`; None: until `clear()`), so a test chooses faults that clear within
 the client's retries or persist through a whole run. `hits` counts the faults served per key.
 `latency` delays every request, as the network to a real S3 region would.
@@ -56,19 +57,23 @@ class FaultProxy:
         with self.lock:
             self.faults.clear()
 
-    def fault_for(self, path: str) -> str | None:
+    def fault_for(self, path: str, method: str = "GET") -> str | None:
+        """The fault of this request: one added for "METHOD bucket/key" (e.g. only PUTs), else for the key."""
         url = urlsplit(path)
         key = unquote(url.path).lstrip("/")
         query = parse_qs(url.query)
         if "list-type" in query:
             key = f"LIST {key.rstrip('/')}/{query.get('prefix', [''])[0]}"
         with self.lock:
-            fault = self.faults.get(key)
-            if fault is None or fault[1] == 0:
+            for name in (f"{method} {key}", key):
+                fault = self.faults.get(name)
+                if fault is not None and fault[1] != 0:
+                    break
+            else:
                 return None
             if fault[1] is not None:
                 fault[1] -= 1
-            self.hits[key] += 1
+            self.hits[name] += 1
             return fault[0]
 
 
@@ -82,7 +87,7 @@ def _handler(proxy: FaultProxy):
         def _forward(self) -> None:
             body = self._request_body()
             time.sleep(proxy.latency)
-            fault = proxy.fault_for(self.path)
+            fault = proxy.fault_for(self.path, self.command)
             if fault == "slowdown":
                 return self._send(503, {"Content-Type": "application/xml"}, b"" if self.command == "HEAD" else SLOWDOWN_BODY, str(len(SLOWDOWN_BODY)))
             if fault == "stall":

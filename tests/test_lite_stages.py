@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cgi2real.archs import LITE_BLOCKS
-from cgi2real.model import imagenet_state_dict, load_model_package
-from tests.labeling import direct_probabilities, image_files, invoke
+from cgi2real.core.archs import LITE_BLOCKS
+from cgi2real.model.networks import imagenet_state_dict, load_model_package
+from tests.conftest import invoke
+from tests.labeling import direct_probabilities, image_files
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 CLASSES = ["both", "horse", "human"]
 SIZE = 64  # far below Lite0's own 224: the network takes any size from 32 px, and this one is quick
 

@@ -1,0 +1,1 @@
+"""One module per command, each with `run(cfg)`: train, adapt, evaluate, label, review, synth. A stage never imports another."""

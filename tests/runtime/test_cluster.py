@@ -1,0 +1,27 @@
+"""What the stages share at run time: the reason a Ray Train run failed, in the worker's own words."""
+
+from cgi2real.model.training import UnreadableImages
+
+
+def test_failure_reason_finds_the_workers_own_error_wherever_ray_put_it():
+    from cgi2real.runtime.cluster import failure_reason
+
+    class RayWrapper(Exception):  # as Ray Train V2 reports a worker's failure: a dict of them, each with a cause
+        def __init__(self, message, failures):
+            super().__init__(message)
+            self.worker_failures = failures
+
+    ours = UnreadableImages("4 training images of epoch 1 could not be read")
+    nested = RuntimeError("RayTaskError(UnreadableImages)")
+    nested.cause = ours
+    assert failure_reason(RayWrapper("Training failed.", {0: nested}), UnreadableImages) == str(ours)
+    try:
+        try:
+            raise ours
+        except UnreadableImages as e:
+            raise RuntimeError("the controller gave up") from e
+    except RuntimeError as chained:
+        assert failure_reason(chained, UnreadableImages) == str(ours)
+    quoted = RuntimeError("Training failed.\nTraceback (most recent call last):\n  ...\ncgi2real.model.training.UnreadableImages: 4 of 24 could not be read\n")
+    assert failure_reason(quoted, UnreadableImages) == "4 of 24 could not be read"
+    assert failure_reason(RuntimeError("Worker group died.\nmore"), UnreadableImages) == "Worker group died."
