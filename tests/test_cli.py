@@ -199,3 +199,29 @@ def test_python_dash_m_cgi2real_is_the_cli():
 
     result = subprocess.run([sys.executable, "-m", "cgi2real", "info", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "Usage: cgi2real info" in result.stdout, result.stdout + result.stderr
+
+
+def test_an_output_is_never_a_file_an_input_or_inside_one(image_root, package, tmp_path):
+    """Each refused in one line, exit 2, before any work, and nothing is written into the inputs."""
+    import numpy as np
+
+    from cgi2real.formats.label_table import LabelTable, to_table
+    from cgi2real.storage.locations import locate
+
+    data, photos = image_root(), image_root(24, 96, seed=5)
+    (tmp_path / "a_file").write_text("not a folder")
+    table = LabelTable(locate(str(tmp_path / "table")))
+    table.commit(to_table(["/x.jpg"], np.array([[0.2, 0.3, 0.5]], np.float32), [None], np.zeros(1, "int64"), ["both", "horse", "human"], "m"))
+    before = {folder: sorted(os.listdir(folder)) for folder in (data, photos, tmp_path / "table")}
+    cases = [
+        (("train", data, "--out", tmp_path / "a_file", "--weights", "none", "--image-size", 96), ["--out", "is a file; give a folder for the model package"]),
+        (("train", data, "--out", f"{data}/pkg", "--weights", "none", "--image-size", 96), [f"--out {data}/pkg is inside DATA {data}"]),
+        (("adapt", "--model", package, "--data", photos, "--out", f"{photos}/adapted"), [f"is inside --data {photos}"]),
+        (("adapt", "--model", package, "--data", photos, "--out", package), [f"--out {package} is inside --model {package}"]),
+        (("label", photos, "--model", package, "--out", f"{photos}/labels"), [f"is inside SOURCE {photos}"]),
+        (("review", tmp_path / "table", "--out", tmp_path / "table"), [f"is inside TABLE {tmp_path / 'table'}"]),
+        (("synth", "--out", tmp_path / "a_file", "--per-class", 1), ["is a file; give a folder for the class folders"]),
+    ]
+    for args, fragments in cases:
+        assert_one_line_error(invoke(*args, code=None), *fragments)
+    assert before == {folder: sorted(os.listdir(folder)) for folder in before}

@@ -35,7 +35,7 @@ from cgi2real.pipelines.datasets import augmented_target_dataset, target_dataset
 from cgi2real.runtime.cluster import check_local_paths, node_cpus, start_ray, use_gpus
 from cgi2real.runtime.progress import RemoteProgress, counted
 from cgi2real.runtime.trainer import Worker, all_reduce_max, all_reduce_sum, fit
-from cgi2real.storage.locations import check_bucket, locate
+from cgi2real.storage.locations import check_output, locate
 
 PRIOR_UNIFORM_SHARE = 0.1  # an estimated prior is blended with uniform: a class the source model misses is not ruled out
 MIN_IMAGES = 64  # statistics of fewer target images are noise
@@ -414,10 +414,10 @@ def run(cfg: AdaptConfig) -> AdaptSummary:
     images = sum(len(files) for files in sources)
     if images < MIN_IMAGES:
         raise InputError(f"{images} target images under {', '.join(f.root.uri for f in sources)}: adaptation needs at least {MIN_IMAGES}")
+    out = locate(cfg.out, cfg.s3_endpoint)
+    check_output(out, "--out", [("--data", files.root) for files in sources] + [("--model", locate(cfg.model, cfg.s3_endpoint))], "adapted package")
     config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # refuse a bad package here
-    out = locate(cfg.out, cfg.s3_endpoint)
-    check_bucket(out, "--out")
     print(f"adapting {package.model_id} ({cfg.method}) to {images} images under {', '.join(f.root.uri for f in sources)}", flush=True)
     storage, name = shot_run(cfg) if cfg.method == "shot" else (None, None)  # a resumed run's settings are checked before Ray starts
 

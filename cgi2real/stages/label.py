@@ -28,7 +28,7 @@ from cgi2real.pipelines.labeling import Plan, checked_weights_ref, labeling_data
 from cgi2real.runtime.cluster import check_local_paths, node_cpus, start_ray, use_gpus
 from cgi2real.runtime.progress import Progress
 from cgi2real.storage.listing import Source, drop_labeled, file_blocks, labeled_paths, open_source
-from cgi2real.storage.locations import first_line, locate
+from cgi2real.storage.locations import check_output, first_line, locate
 
 LISTING_HEAD_START = 10.0  # seconds a folder is listed before labeling starts, if its listing has not ended by then
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
@@ -83,6 +83,7 @@ def run(cfg: LabelConfig) -> LabelSummary:
     source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
     package = read_package_info(cfg.model, cfg.s3_endpoint)  # its weights are checked once Ray runs (checked_weights_ref)
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
+    check_output(table.folder, "--out", [("SOURCE", source.root)] if source.kind == "listing" else [], "label table")
     table.check()
     with TableLease(table.folder, table.run_id, cfg.force) as lease:
         table.lease = lease

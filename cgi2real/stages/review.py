@@ -24,7 +24,7 @@ from cgi2real.core.config import ReviewConfig
 from cgi2real.core.errors import InputError
 from cgi2real.formats.label_table import LabelTable, open_table
 from cgi2real.formats.plots import confidence_histograms_png
-from cgi2real.storage.locations import first_line, locate
+from cgi2real.storage.locations import check_output, first_line, locate
 from cgi2real.storage.reads import read_file
 
 THUMB_PX = 192  # longest side of a thumbnail
@@ -66,6 +66,7 @@ def run(cfg: ReviewConfig) -> dict:
     cfg.check()
     table, parts = open_table(cfg.table, cfg.s3_endpoint, "TABLE")
     out = locate(cfg.out, cfg.s3_endpoint)
+    check_output(out, "--out", [("TABLE", table.folder)], "review page")
     counts = read_counts(table, parts)
     rng = np.random.default_rng(cfg.seed)
     picks = {

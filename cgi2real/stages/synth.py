@@ -18,7 +18,7 @@ from cgi2real.core.classes import DEFAULT_CLASSES, MASKS_FOLDER
 from cgi2real.core.config import SynthConfig
 from cgi2real.core.errors import InputError
 from cgi2real.runtime.progress import Progress
-from cgi2real.storage.locations import Location, first_line, locate
+from cgi2real.storage.locations import Location, check_output, first_line, locate
 from cgi2real.synth.scenes import render_scene
 
 RENDERS_PER_BLOCK = 16
@@ -74,6 +74,7 @@ def run(cfg: SynthConfig) -> dict:
     """Render the class folders at cfg.out on Ray (local or the cluster in RAY_ADDRESS); return counts."""
     cfg.check()
     root = locate(cfg.out, cfg.s3_endpoint)
+    check_output(root, "--out", [], "class folders")
     settings = {"size": cfg.size, "seed": cfg.seed, "scenes": cfg.scenes}
     _check_settings(root, settings)
     existing = {info.path for info in root.list_files()} if root.is_dir() else set()

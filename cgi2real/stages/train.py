@@ -42,7 +42,7 @@ from cgi2real.pipelines.datasets import TrainingData, sum_counts, train_preset, 
 from cgi2real.runtime.cluster import check_local_paths, start_ray, use_gpus
 from cgi2real.runtime.progress import RemoteProgress, counted
 from cgi2real.runtime.trainer import Worker, all_reduce_max, all_reduce_sum, fit
-from cgi2real.storage.locations import check_bucket, locate
+from cgi2real.storage.locations import check_output, locate
 
 # --- The Ray Train worker ----------------------------------------------------------------------
 
@@ -179,7 +179,10 @@ def prepare_inputs(cfg: TrainConfig, split: dict | None = None) -> TrainingData:
         )
     if sum(len(v) for v in data.val) == 0:
         raise InputError(f"no validation images: give --val DIR or more images per class than {max(sum_counts(roots).values())}")
-    check_bucket(locate(cfg.out, cfg.s3_endpoint), "--out")
+    inputs = [("DATA", images.root) for images in roots] + [("--val", v.root) for v in data.val if cfg.val]
+    if cfg.pseudo_labels:
+        inputs.append(("--pseudo-labels", locate(cfg.pseudo_labels, cfg.s3_endpoint)))
+    check_output(locate(cfg.out, cfg.s3_endpoint), "--out", inputs, "model package")
     return data
 
 

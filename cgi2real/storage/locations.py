@@ -227,6 +227,22 @@ def check_bucket(location: Location, option: str) -> None:
         raise InputError(f"bucket of {option} {location.uri} does not exist")
 
 
+def check_output(out: Location, option: str, inputs: list[tuple[str, Location]], what: str) -> None:
+    """Refuse an output before any work: a file where the folder for `what` is meant, a folder that is
+    one of the `inputs` (named as the user gave them) or inside one, an S3 bucket that does not exist."""
+    check_bucket(out, option)
+    if out.info().type == pafs.FileType.File:
+        raise InputError(f"{option} {out.uri} is a file; give a folder for the {what}")
+    for name, place in inputs:
+        if place.scheme == out.scheme and _within(out, place):
+            raise InputError(f"{option} {out.uri} is inside {name} {place.uri}: the {what} would be written among the inputs; give another folder")
+
+
+def _within(inner: Location, outer: Location) -> bool:
+    a, b = (os.path.realpath(x.path) if x.scheme == "file" else x.path.rstrip("/") for x in (inner, outer))
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
 def locate(uri: str, s3_endpoint: str | None = None) -> Location:
     """Turn a local path or s3:// URI into a Location (nothing is read yet)."""
     if not uri:

@@ -25,3 +25,19 @@ def test_failure_reason_finds_the_workers_own_error_wherever_ray_put_it():
     quoted = RuntimeError("Training failed.\nTraceback (most recent call last):\n  ...\ncgi2real.model.training.UnreadableImages: 4 of 24 could not be read\n")
     assert failure_reason(quoted, UnreadableImages) == "4 of 24 could not be read"
     assert failure_reason(RuntimeError("Worker group died.\nmore"), UnreadableImages) == "Worker group died."
+
+
+def test_any_other_worker_error_is_named_with_its_message():
+    from cgi2real.runtime.cluster import failure_reason
+
+    class RayWrapper(Exception):
+        def __init__(self, message, failures):
+            super().__init__(message)
+            self.worker_failures = failures
+
+    bug = ValueError("Invalid learning rate: -1.0")
+    assert failure_reason(RayWrapper("Training failed due to worker errors:\n", {1: KeyError("x"), 0: bug}), UnreadableImages) == (
+        "ValueError: Invalid learning rate: -1.0"  # the first worker's, not Ray's empty first line
+    )
+    quoted = RuntimeError("RayTaskError: the worker failed.\nTraceback (most recent call last):\n  ...\nValueError: Invalid learning rate: -1.0")
+    assert failure_reason(RayWrapper("Training failed due to worker errors:", {0: quoted}), UnreadableImages) == "ValueError: Invalid learning rate: -1.0"
