@@ -3,6 +3,8 @@
 import json
 import os
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import invoke
@@ -143,6 +145,10 @@ def test_label_refuses_bad_input_before_starting_ray(package, image_root, tmp_pa
     (tmp_path / "a_file").write_text("x")
     os.makedirs(tmp_path / "busy")
     (tmp_path / "busy" / "report.csv").write_text("x")
+    os.makedirs(tmp_path / "spark")  # another tool's Parquet folder
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "spark" / "part-00000.parquet")
+    os.makedirs(tmp_path / "unknown" / "zebra")
+    (tmp_path / "unknown" / "zebra" / "z.jpg").write_bytes(b"x")
     images = image_root()
     cases = [
         (("label", tmp_path / "nope", "--model", package, "--out", tmp_path / "o"), ["does not exist"]),
@@ -154,6 +160,10 @@ def test_label_refuses_bad_input_before_starting_ray(package, image_root, tmp_pa
         (("label", images, "--model", package, "--out", tmp_path / "busy"), ["not a label table", "report.csv"]),
         (("label", images, "--model", package, "--out", tmp_path / "o", "--batch-size", 0), ["--batch-size 0: expected >= 1"]),
         (("summary", tmp_path / "empty"), ["is not a label table"]),
+        (("summary", tmp_path / "spark"), ["TABLE", "is not a label table: its Parquet files were not written by cgi2real label"]),
+        (("evaluate", "--model", package, "--data", tmp_path / "unknown"), ["not classes: zebra", "(classes: both, horse, human; the model package's classes)"]),
+        (("train", images, "--out", tmp_path / "p", "--weights", "imagnet"), ["--weights 'imagnet': expected imagenet, none or a model package folder"]),
+        (("train", images, "--out", tmp_path / "p", "--weights", "none", "--image-size", 5000), ["--image-size 5000: expected at most 1024 px"]),
     ]
     for args, fragments in cases:
         assert_one_line_error(invoke(*args, code=None), *fragments)
@@ -174,8 +184,11 @@ def test_a_second_label_run_into_a_table_being_written_is_refused(package, image
 
 
 def test_label_bad_s3_endpoint_and_missing_bucket(package, image_root, s3_endpoint, tmp_path):
-    assert_one_line_error(invoke("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9", code=None), "cannot reach s3://b/photos")
-    assert_one_line_error(invoke("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint, code=None), "cannot write the label table")
+    assert_one_line_error(
+        invoke("label", "s3://b/photos", "--model", package, "--out", tmp_path / "o", "--s3-endpoint", "http://127.0.0.1:9", code=None),
+        "cannot reach s3://b/photos", "(check --s3-endpoint or AWS_ENDPOINT_URL, and the AWS credentials)",
+    )
+    assert_one_line_error(invoke("label", image_root(), "--model", package, "--out", "s3://no-such-bucket/labels", "--s3-endpoint", s3_endpoint, code=None), "bucket of --out s3://no-such-bucket/labels does not exist")
 
 
 def test_demo_with_imagenet_weights_offline_says_so_before_any_work(tmp_path, monkeypatch):

@@ -53,7 +53,8 @@ class LabeledImages:
 
 
 def scan_labeled_dataset(
-    uri: str, classes: tuple[str, ...], s3_endpoint: str | None = None, require_every_class: bool = True
+    uri: str, classes: tuple[str, ...], s3_endpoint: str | None = None, require_every_class: bool = True,
+    classes_from: str = "pass --classes to change them",
 ) -> LabeledImages:
     """List a class-folder dataset; refuse a missing root, unknown folders and (if required) empty classes."""
     root = locate(uri, s3_endpoint)
@@ -81,7 +82,7 @@ def scan_labeled_dataset(
     if unknown:
         raise InputError(
             f"dataset {root.uri} has folders that are not classes: {', '.join(sorted(unknown))} "
-            f"(classes: {', '.join(classes)}; pass --classes to change them)"
+            f"(classes: {', '.join(classes)}; {classes_from})"
         )
     masks = tuple(_mask_path(prefix, p) for p in paths)
     masks = tuple(m if m in mask_paths else "" for m in masks) if mask_paths else None

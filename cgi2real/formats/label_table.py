@@ -420,6 +420,12 @@ def open_table(uri: str, s3_endpoint: str | None, what: str) -> tuple[LabelTable
     parts = table.part_files()
     if not parts:
         raise InputError(f"{what} {table.folder.uri} is not a label table (no {PART_PREFIX}*.parquet files)")
+    try:
+        ours = bool(table.metadata(parts))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read the label table at {table.folder.uri}: {first_line(e)}") from None
+    if not ours:
+        raise InputError(f"{what} {table.folder.uri} is not a label table: its Parquet files were not written by cgi2real label")
     return table, parts
 
 

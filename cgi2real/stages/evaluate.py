@@ -150,7 +150,10 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate cfg.model on each dataset; write report.json and PNGs to cfg.out if given."""
     cfg.check()
     package = load_model_package(cfg.model, cfg.s3_endpoint)
-    datasets = [scan_labeled_dataset(uri, tuple(package.classes), cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
+    datasets = [
+        scan_labeled_dataset(uri, tuple(package.classes), cfg.s3_endpoint, require_every_class=False, classes_from="the model package's classes")
+        for uri in cfg.data
+    ]
     out = locate(cfg.out, cfg.s3_endpoint) if cfg.out else None
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
     if use_gpu and not torch.cuda.is_available():

@@ -241,6 +241,8 @@ def resolve_start(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the arch (and its defaults) of the package it starts from, if it starts from one."""
     if cfg.weights in ("imagenet", "none"):
         return cfg
+    if not locate(cfg.weights, cfg.s3_endpoint).exists():
+        raise InputError(f"--weights {cfg.weights!r}: expected imagenet, none or a model package folder (there is none at that path)")
     info = read_package_info(cfg.weights, cfg.s3_endpoint)
     return cfg.for_package(info.arch, info.image_size)
 

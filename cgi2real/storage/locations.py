@@ -88,7 +88,8 @@ class Location:
         try:
             return self.fs.get_file_info(self.path)
         except OSError as e:
-            raise InputError(f"cannot reach {self.uri}: {first_line(e)}") from None
+            hint = " (check --s3-endpoint or AWS_ENDPOINT_URL, and the AWS credentials)" if self.scheme == "s3" else ""
+            raise InputError(f"cannot reach {self.uri}: {first_line(e)}{hint}") from None
 
     def exists(self) -> bool:
         return self.info().type != pafs.FileType.NotFound
