@@ -10,13 +10,23 @@ from typing import Annotated, Optional
 
 import typer
 
+import cgi2real
 from cgi2real.core.archs import ARCHS
 from cgi2real.core.classes import parse_classes
 from cgi2real.core.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig
 from cgi2real.core.errors import InputError, RunFailed
 from cgi2real.runtime.progress import VERBOSE_ENV
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
+ROOT_HELP = (
+    "Learn to label photographs from computer-generated images, then label whole image buckets. "
+    "Render CGI class folders (synth), train a pretrained network on them (train), adapt it to "
+    "unlabeled photos (adapt), measure it (evaluate), label a folder or s3:// prefix into a Parquet "
+    "table (label), and look at that table (summary, review). `cgi2real demo` runs them all on generated data."
+)
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_enable=False, help=ROOT_HELP, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
+)
 
 S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS).")]
 AbstainBelow = Annotated[Optional[float], typer.Option(help="Leave images whose top probability is below this unlabeled: label null, error 'low confidence' (evaluate: accuracy and coverage of the rest).")]
@@ -51,9 +61,16 @@ UNFREEZE_HELP = (
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cgi2real {cgi2real.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own messages and warnings too (or set CGI2REAL_VERBOSE=1).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=_print_version, is_eager=True)] = False,
 ):
     if verbose:
         os.environ[VERBOSE_ENV] = "1"

@@ -238,3 +238,13 @@ def test_an_output_is_never_a_file_an_input_or_inside_one(image_root, package, t
     for args, fragments in cases:
         assert_one_line_error(invoke(*args, code=None), *fragments)
     assert before == {folder: sorted(os.listdir(folder)) for folder in before}
+
+
+def test_help_fits_80_columns_with_h_and_version():
+    root = invoke("-h")
+    assert root.output.startswith("Usage: ") and "[OPTIONS] COMMAND" in root.output and "Learn to label photographs" in root.output
+    assert invoke("--version").output.strip() == f"cgi2real {__import__('cgi2real').__version__}"
+    for command in COMMANDS:
+        text = invoke(command, "-h").output
+        assert max(len(line) for line in text.splitlines()) <= 80, command
+        assert "<bool>" not in text and "--help" in text, command
