@@ -7,7 +7,7 @@ epochs and stages, and the driver (`run`): check, resume, start Ray, fit, export
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from cgi2real.core.archs import get_arch
 from cgi2real.core.classes import composite_pairs
 from cgi2real.core.config import LEGACY_GEOMETRY, TrainConfig, from_dict
-from cgi2real.core.errors import InputError
+from cgi2real.core.errors import InputError, RunFailed
 from cgi2real.formats.checkpoints import SPLIT_JSON, TRAIN_STATE_JSON, check_same_settings, checkpoint_file, latest_result, read_checkpoint_json
 from cgi2real.formats.class_folders import reuse_split, scan_labeled_dataset, stratified_split
 from cgi2real.formats.label_table import pseudo_labeled_images
@@ -196,6 +196,7 @@ def run(cfg: TrainConfig) -> TrainSummary:
     cfg.check()
     name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
     storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
+    cfg = replace(cfg, name=name, storage=storage.uri)  # what a rerun needs to resume or export this run
     so_far = latest_result(storage.child(name))
     latest = so_far.checkpoint if so_far is not None else None
     state = check_resumable(latest, storage.child(name), cfg) if latest is not None else None
@@ -319,7 +320,10 @@ def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: 
         "device": "gpu" if use_gpu else "cpu",
         "decode": decode,
     }
-    save_model_package(state_dict, {**package, "training": training}, cfg.out, cfg.s3_endpoint)
+    try:
+        save_model_package(state_dict, {**package, "training": training}, cfg.out, cfg.s3_endpoint)
+    except InputError as e:  # the run is done and kept: exporting it again costs no training
+        raise RunFailed(f"{e}; the finished run is kept: rerun with --storage {cfg.storage} --name {cfg.name} and another --out to export it") from None
     return TrainSummary(locate(cfg.out, cfg.s3_endpoint).uri, str(result.path), best["epoch"], best, history)
 
 

@@ -115,6 +115,14 @@ def test_resume_after_a_kill_continues_from_the_checkpoint_with_its_split(ray_cl
     final = json.loads((storage / "resume-me" / "epoch_0002" / SPLIT_JSON).read_text())["roots"][0]
     assert final["val"] == split["val"] and "horse/horse_new.jpg" in final["train"]
 
+    # a finished run whose package cannot be written says how to export it elsewhere, which costs no training
+    (tmp_path / "a_file").write_text("x")
+    blocked = [*command[3:command.index("--out")], "--out", str(tmp_path / "a_file" / "pkg"), *command[command.index("--out") + 2:]]
+    failed = invoke(*blocked, code=1)
+    assert f"the finished run is kept: rerun with --storage {storage} --name resume-me and another --out to export it" in failed.output
+    exported = invoke(*blocked[:blocked.index("--out")], "--out", tmp_path / "pkg2", *blocked[blocked.index("--out") + 2:]).output
+    assert "finished all 2 epochs already" in exported and load_model_package(str(tmp_path / "pkg2")).config["training"]["best_epoch"] in (1, 2)
+
     # both refusals come before Ray starts: in this process, without a second interpreter's start-up
     changed = invoke(*command[3:], "--seed", "7", code=None)
     assert changed.exit_code == 2 and "started with other settings (--seed)" in changed.output
