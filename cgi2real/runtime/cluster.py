@@ -69,7 +69,7 @@ def failure_reason(error: BaseException, ours: type | tuple[type, ...]) -> str:
     the text of Ray's error, which quotes the worker's traceback.
     """
     ours = ours if isinstance(ours, tuple) else (ours,)
-    stack, seen = [error], set()
+    stack, seen, workers = [error], set(), None
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
@@ -78,34 +78,25 @@ def failure_reason(error: BaseException, ours: type | tuple[type, ...]) -> str:
         if isinstance(e, ours):
             return str(e)
         failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict) and failures and workers is None:
+            workers = failures
         stack += [getattr(e, "cause", None), e.__cause__, e.__context__, *(failures.values() if isinstance(failures, dict) else [])]
     for kind in ours:
         quoted = re.search(rf"\b{kind.__name__}: (.+)", str(error))
         if quoted:
             return quoted.group(1).strip()
-    return _worker_cause(error) or first_line(error)
+    return _named(workers[min(workers)]) if workers else first_line(error)
 
 
-def _worker_cause(error: BaseException) -> str | None:
+def _named(worker: BaseException) -> str:
     """Not one of ours (a bug, or a value that got past the checks): the first failed worker's own
     exception, named ("ValueError: Invalid learning rate: -1.0"), from what Ray chained or quoted."""
-    stack, seen = [error], set()
-    while stack:
-        e = stack.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        failures = getattr(e, "worker_failures", None)
-        if isinstance(failures, dict) and failures:
-            worker = failures[min(failures)]
-            while getattr(worker, "cause", None) is not None or worker.__cause__ is not None:  # Ray's task wrappers
-                worker = getattr(worker, "cause", None) or worker.__cause__
-            quoted = re.findall(r"^(\w+(?:Error|Exception)): (.+)$", str(worker), re.MULTILINE)
-            if quoted:  # a wrapper whose text ends with the worker's traceback: its last line is the cause
-                return f"{quoted[-1][0]}: {quoted[-1][1].strip()}"
-            return f"{type(worker).__name__}: {first_line(worker)}"
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
+    while getattr(worker, "cause", None) is not None or worker.__cause__ is not None:  # Ray's task wrappers
+        worker = getattr(worker, "cause", None) or worker.__cause__
+    quoted = re.findall(r"^(\w+(?:Error|Exception)): (.+)$", str(worker), re.MULTILINE)
+    if quoted:  # a wrapper whose text ends with the worker's traceback: its last line is the cause
+        return f"{quoted[-1][0]}: {quoted[-1][1].strip()}"
+    return f"{type(worker).__name__}: {first_line(worker)}"
 
 
 def node_cpus() -> int:

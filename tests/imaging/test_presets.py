@@ -194,15 +194,8 @@ def test_extreme_aspect_ratios_never_make_a_large_buffer(geometry, shape):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: the old resize took 1.6 GB
 
 
-def halves(w: int, h: int) -> Image.Image:
-    pixels = np.zeros((h, w, 3), np.uint8)
-    pixels[:, : w // 2] = (250, 10, 10)
-    pixels[:, w // 2:] = (10, 10, 250)
-    return Image.fromarray(pixels)
-
-
 def test_geometries_keep_or_drop_the_sides_of_a_wide_picture():
-    wide = encode(halves(400, 100), "PNG")  # 4:1, red left half, blue right half
+    wide = encode(striped(400, 100), "PNG")  # 4:1, red left half, blue right half
     crop, pad, squash = (EvalPreset(100, g)(wide).numpy().astype(int) for g in ("crop", "pad", "squash"))
     # crop: the centre square only, a quarter of the width
     assert (crop[0, 50, :40] > 200).all() and (crop[2, 50, 60:] > 200).all()
@@ -211,7 +204,7 @@ def test_geometries_keep_or_drop_the_sides_of_a_wide_picture():
     assert (pad[0, 50, :45] > 200).all() and (pad[2, 50, 55:] > 200).all() and abs(int((pad[0, :, 10] > 200).sum()) - 25) <= 1
     # squash: the whole picture stretched over the square
     assert (squash[0, :, :45] > 200).all() and (squash[2, :, 55:] > 200).all()
-    square = encode(halves(120, 120), "PNG")
+    square = encode(striped(120, 120), "PNG")
     assert np.abs(EvalPreset(96, "pad")(square).int() - EvalPreset(96, "squash")(square).int()).max() <= 1  # the same on squares
     with pytest.raises(InputError, match="--geometry 'fit'"):
         EvalPreset(96, "fit")
@@ -229,7 +222,7 @@ def test_the_centre_crop_is_torchvisions_resize_and_crop():
 
 def test_training_letterboxes_for_pad_and_stretches_for_the_others():
     """Each geometry's training crops look like what its eval shows: only "pad" has bands of fill."""
-    data = encode(halves(120, 120), "PNG")
+    data = encode(striped(120, 120), "PNG")
     torch.manual_seed(0)
     banded = {g: 0 for g in GEOMETRIES}
     for geometry in GEOMETRIES:

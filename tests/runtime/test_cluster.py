@@ -3,13 +3,16 @@
 from cgi2real.model.training import UnreadableImages
 
 
+class RayWrapper(Exception):
+    """As Ray Train V2 reports a failed run: a dict of worker failures, each with a cause."""
+
+    def __init__(self, message, failures):
+        super().__init__(message)
+        self.worker_failures = failures
+
+
 def test_failure_reason_finds_the_workers_own_error_wherever_ray_put_it():
     from cgi2real.runtime.cluster import failure_reason
-
-    class RayWrapper(Exception):  # as Ray Train V2 reports a worker's failure: a dict of them, each with a cause
-        def __init__(self, message, failures):
-            super().__init__(message)
-            self.worker_failures = failures
 
     ours = UnreadableImages("4 training images of epoch 1 could not be read")
     nested = RuntimeError("RayTaskError(UnreadableImages)")
@@ -29,11 +32,6 @@ def test_failure_reason_finds_the_workers_own_error_wherever_ray_put_it():
 
 def test_any_other_worker_error_is_named_with_its_message():
     from cgi2real.runtime.cluster import failure_reason
-
-    class RayWrapper(Exception):
-        def __init__(self, message, failures):
-            super().__init__(message)
-            self.worker_failures = failures
 
     bug = ValueError("Invalid learning rate: -1.0")
     assert failure_reason(RayWrapper("Training failed due to worker errors:\n", {1: KeyError("x"), 0: bug}), UnreadableImages) == (
