@@ -28,11 +28,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_config, write_results  # noqa: E402
 
-from cgi2real.stages import adapt
-from cgi2real.stages import evaluate
-from cgi2real.stages import label
-from cgi2real.stages import train  # noqa: E402
 from cgi2real.core.config import AdaptConfig, EvalConfig, LabelConfig  # noqa: E402
+from cgi2real.stages import (
+    adapt,
+    evaluate,
+    label,
+    train,  # noqa: E402
+)
 
 POOL = os.path.join(SHARED, "real_dev", "pool")
 REAL_VAL = os.path.join(SHARED, "real_dev", "val")

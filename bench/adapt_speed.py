@@ -26,17 +26,19 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from cgi2real.stages import adapt  # noqa: E402
-from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.core.config import AdaptConfig  # noqa: E402
-from cgi2real.pipelines.batches import decode_for_labeling
-from cgi2real.formats.class_folders import scan_image_files  # noqa: E402
-from cgi2real.model.networks import build_model, package_config, save_model_package  # noqa: E402
 from cgi2real.core.archs import IMAGENET_MEAN, IMAGENET_STD
+from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
+from cgi2real.core.config import (
+    DEFAULT_GEOMETRY,  # noqa: E402
+    AdaptConfig,  # noqa: E402
+)
+from cgi2real.formats.class_folders import scan_image_files  # noqa: E402
 from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
-from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
 from cgi2real.model.inputs import autocast
+from cgi2real.model.networks import build_model, package_config, save_model_package  # noqa: E402
+from cgi2real.pipelines.batches import decode_for_labeling
 from cgi2real.runtime.cluster import start_ray
+from cgi2real.stages import adapt  # noqa: E402
 
 
 def in_memory_batches(pixels: np.ndarray, batch_size: int, device: torch.device) -> list[dict]:

@@ -8,8 +8,8 @@ import os
 import shutil
 
 from cgi2real.core.classes import DEFAULT_CLASSES
-from cgi2real.storage.locations import locate
 from cgi2real.stages.synth import image_name, write_rendering
+from cgi2real.storage.locations import locate
 
 
 def replicated_dataset(out: str, per_class: int, size: int = 320, unique: int = 40) -> str:
@@ -37,8 +37,9 @@ def photo_sized_dataset(out: str, count: int, unique: int = 500, large_share: fl
     renders with sensor-like noise (so they compress like photos, not like flat renders), and
     hard-linked under new names up to the count: decoding costs the same, the disk does not fill.
     """
-    import numpy as np
     from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
 
     renders = os.path.join(out, "_renders")
     replicated_dataset(renders, 8, unique=8)

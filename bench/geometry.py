@@ -20,9 +20,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from quality import SHARED, VARIANTS, prepare_work, recipe_arguments, train_config, train_once, write_results  # noqa: E402
 
+from cgi2real.core.config import (
+    GEOMETRIES,  # noqa: E402
+    EvalConfig,  # noqa: E402
+)
 from cgi2real.stages import evaluate  # noqa: E402
-from cgi2real.core.config import EvalConfig  # noqa: E402
-from cgi2real.core.config import GEOMETRIES  # noqa: E402
 
 PHOTO_SETS = {
     "real_dev/val": os.path.join(SHARED, "real_dev", "val"),

@@ -33,17 +33,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cgi2real.core.archs import ARCHS  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.core.config import LabelConfig  # noqa: E402
-from cgi2real.pipelines.batches import decode_for_labeling, read_for_device
+from cgi2real.core.config import (
+    DECODES,  # noqa: E402
+    DEFAULT_GEOMETRY,  # noqa: E402
+    LabelConfig,  # noqa: E402
+)
 from cgi2real.formats.class_folders import scan_image_files  # noqa: E402
-from cgi2real.stages.label import CPU_BATCH_SIZE, GPU_BATCH_SIZE, run
-from cgi2real.core.config import DECODES  # noqa: E402
-from cgi2real.pipelines.labeler import Labeler  # noqa: E402
-from cgi2real.imaging.gpu_eval import DevicePreset, decode_jpegs  # noqa: E402
-from cgi2real.model.networks import build_model, package_config, save_model_package
 from cgi2real.formats.package import read_model_package  # noqa: E402
+from cgi2real.imaging.gpu_eval import DevicePreset, decode_jpegs  # noqa: E402
 from cgi2real.imaging.presets import EvalPreset  # noqa: E402
-from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.model.networks import build_model, package_config, save_model_package
+from cgi2real.pipelines.batches import decode_for_labeling, read_for_device
+from cgi2real.pipelines.labeler import Labeler  # noqa: E402
+from cgi2real.stages.label import CPU_BATCH_SIZE, GPU_BATCH_SIZE, run
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 

@@ -31,10 +31,10 @@ import pyarrow.fs as pafs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cgi2real.stages import label  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.core.config import DEFAULT_GEOMETRY, LabelConfig  # noqa: E402
 from cgi2real.model.networks import build_model, package_config, save_model_package  # noqa: E402
+from cgi2real.stages import label  # noqa: E402
 from cgi2real.storage.listing import list_images  # noqa: E402
 from cgi2real.storage.locations import locate, s3_filesystem  # noqa: E402
 from tests.conftest import S3_ENV, _free_port  # noqa: E402

@@ -30,12 +30,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cgi2real.stages import evaluate
-from cgi2real.stages import train  # noqa: E402
 from cgi2real.core.config import EvalConfig, SynthConfig, TrainConfig  # noqa: E402
 from cgi2real.formats.class_folders import scan_labeled_dataset  # noqa: E402
 from cgi2real.formats.package import read_model_package  # noqa: E402
-from cgi2real.stages import synth  # noqa: E402
+from cgi2real.stages import (
+    evaluate,
+    synth,  # noqa: E402
+    train,  # noqa: E402
+)
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 HORSE_OR_HUMAN = os.path.join(SHARED, "horse_or_human", "train")

@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from cgi2real.core.archs import get_arch  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
-from cgi2real.model.networks import build_model  # noqa: E402
 from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
+from cgi2real.model.networks import build_model  # noqa: E402
 from cgi2real.stages.synth import image_seed  # noqa: E402
 from cgi2real.synth.scenes import render_scene  # noqa: E402
 

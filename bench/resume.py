@@ -21,10 +21,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.formats.label_table import LabelTable, to_table  # noqa: E402
-from cgi2real.model.networks import build_model, package_config, package_from_bytes, save_model_package
-from cgi2real.formats.package import read_model_package  # noqa: E402
 from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
+from cgi2real.formats.label_table import LabelTable, to_table  # noqa: E402
+from cgi2real.formats.package import read_model_package  # noqa: E402
+from cgi2real.model.networks import build_model, package_config, package_from_bytes, save_model_package
 from cgi2real.storage.locations import locate  # noqa: E402
 
 PART_ROWS = 100_000

@@ -31,14 +31,14 @@ import numpy as np  # noqa: E402
 
 from cgi2real.core.classes import composite_pairs  # noqa: E402
 from cgi2real.core.config import TrainConfig  # noqa: E402
-from cgi2real.pipelines.batches import load_image_batch, load_training_batch, read_training_for_device
 from cgi2real.formats.class_folders import scan_labeled_dataset  # noqa: E402
 from cgi2real.imaging.gpu_train import DeviceTrainPreset  # noqa: E402
-from cgi2real.model.networks import build_model, set_trainable  # noqa: E402
 from cgi2real.imaging.presets import TrainPreset  # noqa: E402
+from cgi2real.model.networks import build_model, set_trainable  # noqa: E402
 from cgi2real.model.training import MaskedCrossEntropy, make_optimizer, train_one_epoch
-from cgi2real.stages.train import run
+from cgi2real.pipelines.batches import load_image_batch, load_training_batch, read_training_for_device
 from cgi2real.pipelines.datasets import train_preset  # noqa: E402
+from cgi2real.stages.train import run
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 

@@ -26,11 +26,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from quality import train_once  # noqa: E402
 
-from cgi2real.stages import evaluate  # noqa: E402
 from cgi2real.core.archs import ARCHS  # noqa: E402
 from cgi2real.core.config import EvalConfig, SynthConfig, TrainConfig  # noqa: E402
 from cgi2real.formats.package import read_model_package  # noqa: E402
-from cgi2real.stages import synth  # noqa: E402
+from cgi2real.stages import (
+    evaluate,  # noqa: E402
+    synth,  # noqa: E402
+)
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 ROOTS = {

@@ -4,16 +4,27 @@ Bad input (InputError) becomes one line on stderr and exit code 2; a training ru
 after it started exits 1 with one line that says how to resume.
 """
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
+import json
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+try:
+    from typer._click import exceptions as click_errors  # typer >= 0.2x carries its own click
+except ImportError:
+    from click import exceptions as click_errors
 
 import cgi2real
 from cgi2real.core.archs import ARCHS
 from cgi2real.core.classes import parse_classes
-from cgi2real.core.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig
+from cgi2real.core.config import DEFAULT_GEOMETRY, LEGACY_GEOMETRY, AdaptConfig, EvalConfig, LabelConfig, TrainConfig, choose
 from cgi2real.core.errors import InputError, RunFailed
 from cgi2real.runtime.progress import VERBOSE_ENV
 
@@ -23,14 +34,72 @@ ROOT_HELP = (
     "unlabeled photos (adapt), measure it (evaluate), label a folder or s3:// prefix into a Parquet "
     "table (label), and look at that table (summary, review). `cgi2real demo` runs them all on generated data."
 )
+
+
+class _Commands(TyperGroup):
+    """cgi2real's command group: a usage error (unknown option, a value of the wrong type) is one line
+    on stderr with exit code 2, like every other bad input, instead of click's four."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            returned = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = returned if isinstance(returned, int) else 0
+        except click_errors.NoArgsIsHelpError as e:  # `cgi2real` alone: the help, as click shows it
+            typer.echo(e.format_message())
+            code = e.exit_code
+        except click_errors.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "cgi2real"
+            typer.echo(f"error: {_one_line(e.format_message())} (see '{where} -h')", err=True)
+            code = 2
+        except click_errors.ClickException as e:
+            typer.echo(f"error: {_one_line(e.format_message())}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+class _GroupedCommand(TyperCommand):
+    """A command whose --help lists its options in groups (an option's `rich_help_panel`), in plain text."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        """The usage line without hidden arguments (train's old positional DATA)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_options(self, ctx, formatter) -> None:
+        groups: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                kind = "Arguments" if param.param_type_name == "argument" else getattr(param, "rich_help_panel", None) or "Options"
+                groups.setdefault(kind, []).append(record)
+        ungrouped = groups.pop("Options", [])
+        if ungrouped:  # after the named groups: output, run, cluster, help
+            groups["Output and run" if len(groups) > ("Arguments" in groups) else "Options"] = ungrouped
+        for title, records in groups.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
 app = typer.Typer(
-    no_args_is_help=True, pretty_exceptions_enable=False, help=ROOT_HELP, rich_markup_mode=None,
+    cls=_Commands, no_args_is_help=True, pretty_exceptions_enable=False, help=ROOT_HELP, rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
 )
 
 S3Endpoint = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS).")]
 AbstainBelow = Annotated[Optional[float], typer.Option(help="Leave images whose top probability is below this unlabeled: label null, error 'low confidence' (evaluate: accuracy and coverage of the rest).")]
 Gpu = Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Use GPUs (default: when present).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check every option, input and output and say what would be done; start nothing.")]
+Address = Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a new local Ray; auto: a `ray start` head here).")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout (other lines go to stderr).")]
+OverwritePackage = Annotated[bool, typer.Option("--overwrite", help="Replace a model package already at --out.")]
 GEOMETRY_HELP = "How pictures become square input: crop (center square), pad (whole picture, letterboxed) or squash (whole picture, stretched)"
 ARCH_HELP = (
     "Network: " + ", ".join(f"{a.name} ({a.image_size} px)" for a in ARCHS.values())
@@ -59,6 +128,20 @@ UNFREEZE_HELP = (
     f"First block trained in fine-tuning (default: {_per_arch(lambda a: a.unfreeze_from)}). "
     f"Blocks in forward order: {_per_arch(lambda a: ', '.join(a.blocks))}."
 )
+
+
+def _demo_defaults() -> dict[str, str]:
+    """The demo recipes' per-class count and epochs, by --weights (the default arch's recipe for each)."""
+    from cgi2real.demo import RECIPES
+
+    recipes = {w: RECIPES["efficientnet_lite" if w == "imagenet" else "inception_v3", w] for w in ("imagenet", "none")}
+    return {
+        "per_class": ", ".join(f"{r.per_class} with --weights {w}" for w, r in recipes.items()),
+        "epochs": ", ".join(f"{r.epochs_head + r.epochs_finetune} with --weights {w}" for w, r in recipes.items()),
+    }
+
+
+DEMO_DEFAULTS = _demo_defaults()
 
 
 def _print_version(value: bool) -> None:
@@ -99,83 +182,132 @@ def _fails_cleanly(command):
     return wrapper
 
 
-def parse_weights(text: str | None) -> tuple[float, ...] | None:
+def parse_repeats(text: str | None) -> tuple[float, ...] | None:
     """"1,0.5" -> (1.0, 0.5); None stays None (every root drawn once per epoch)."""
     if text is None:
         return None
     try:
         return tuple(float(w) for w in text.split(","))
     except ValueError:
-        raise InputError(f"--data-weights takes comma-separated numbers, one per dataset, got {text!r}") from None
+        raise InputError(f"--repeats {text!r}: expected comma-separated numbers, one per --data") from None
+
+
+_OPTIONS_ONLY = contextvars.ContextVar("options_only", default=False)  # `submit`: check the options, touch no input
+
+
+def _options_only(cfg) -> bool:
+    """Under `submit`: check `cfg`'s settings (not its inputs, which are the cluster's) and say so."""
+    if not _OPTIONS_ONLY.get():
+        return False
+    if isinstance(cfg, TrainConfig) and cfg.weights not in ("imagenet", "none"):
+        cfg = dataclasses.replace(cfg, weights="imagenet")  # the package's arch is the cluster's to read: check with the default
+    cfg.check()
+    return True
+
+
+def _say_dry_run(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+    typer.echo("dry run: everything checked, nothing started")
+
+
+def _join(address: str | None) -> None:
+    """--address: the Ray cluster this command's `start_ray` joins (as RAY_ADDRESS would say)."""
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+
+
+@contextlib.contextmanager
+def _json_out(wanted: bool):
+    """With --json, what the run prints goes to stderr: stdout carries the JSON alone."""
+    with contextlib.redirect_stdout(sys.stderr) if wanted else contextlib.nullcontext():
+        yield
+
+
+def _echo_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def train(
-    data: Annotated[list[str], typer.Argument(help="Labeled datasets: folders or s3:// prefixes with one sub-folder per class.")],
     out: Annotated[str, typer.Option("--out", help="Where to write the model package (folder or s3:// prefix).")],
-    data_weights: Annotated[Optional[str], typer.Option(help="Per dataset, comma-separated: times each image is drawn per epoch (e.g. 1,0.5).")] = None,
-    val: Annotated[Optional[str], typer.Option(help="Separate labeled validation dataset.")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when --val is not given.")] = 0.2,
-    weights: Annotated[str, typer.Option(help="imagenet, none (random init) or a model package to continue from.")] = "imagenet",
-    arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP)] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size in px (default: the arch's own; Inception v3 takes >= 75 and uses its aux head at >= 299).")] = None,
-    geometry: Annotated[str, typer.Option(help=GEOMETRY_HELP + "; recorded in the package, used by evaluate and label.")] = DEFAULT_GEOMETRY,
-    epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training only the new head on a frozen backbone" + RECIPE_HELP["epochs_head"])] = None,
-    epochs_finetune: Annotated[Optional[int], typer.Option(help="Epochs fine-tuning from --unfreeze-from on, at a lower rate" + RECIPE_HELP["epochs_finetune"])] = None,
-    unfreeze_from: Annotated[Optional[str], typer.Option(help=UNFREEZE_HELP)] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step and worker.")] = 32,
-    lr_head: Annotated[Optional[float], typer.Option(help="Learning rate of the head stage" + RECIPE_HELP["lr_head"])] = None,
-    lr_finetune: Annotated[Optional[float], typer.Option(help="Peak learning rate of fine-tuning (cosine to 0)" + RECIPE_HELP["lr_finetune"])] = None,
-    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.1,
-    augment: Annotated[Optional[str], typer.Option(help="light (crops and flips), basic (+ the reference notebook's rotation, shift, shear, colour) or real (+ blur, noise, JPEG, grayscale)" + RECIPE_HELP["augment"])] = None,
-    background_prob: Annotated[Optional[float], typer.Option(help="Share of images with figure masks put on a random background" + RECIPE_HELP["background_prob"])] = None,
-    paste_prob: Annotated[Optional[float], typer.Option(help="Share of horse/human images that get a masked figure of the other pasted in (-> both)" + RECIPE_HELP["paste_prob"])] = None,
-    class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting", help="Weight the loss against class imbalance.")] = True,
-    freeze_bn: Annotated[bool, typer.Option("--freeze-bn", help="Fine-tuning keeps every BatchNorm layer's running statistics (the pretrained ones).")] = False,
-    class_weight_power: Annotated[Optional[float], typer.Option(help="Class weights (n / (k n_class)) ** P: 1 inverse frequency, 0.5 gentler" + RECIPE_HELP["class_weight_power"])] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", rich_help_panel="Data", metavar="PATH", help="Labeled dataset: a folder or s3:// prefix with one sub-folder per class; repeat for several.")] = None,
+    data_args: Annotated[Optional[list[str]], typer.Argument(hidden=True, metavar="")] = None,
+    repeats: Annotated[Optional[str], typer.Option(rich_help_panel="Data", help="Per --data, comma-separated: times each of its images is drawn per epoch (e.g. 1,0.5).")] = None,
+    data_weights: Annotated[Optional[str], typer.Option(rich_help_panel="Data", hidden=True)] = None,
+    val: Annotated[Optional[str], typer.Option(rich_help_panel="Data", help="Separate labeled validation dataset.")] = None,
+    val_fraction: Annotated[float, typer.Option(rich_help_panel="Data", help="Share of each class held out for validation when --val is not given.")] = 0.2,
+    weights: Annotated[str, typer.Option(rich_help_panel="Network", help="imagenet, none (random init) or a model package to continue from.")] = "imagenet",
+    arch: Annotated[Optional[str], typer.Option(rich_help_panel="Network", help=ARCH_HELP)] = None,
+    image_size: Annotated[Optional[int], typer.Option(rich_help_panel="Network", help="Input size in px (default: the arch's own; Inception v3 takes >= 75 and uses its aux head at >= 299).")] = None,
+    geometry: Annotated[str, typer.Option(rich_help_panel="Network", help=GEOMETRY_HELP + "; recorded in the package, used by evaluate and label.")] = DEFAULT_GEOMETRY,
+    epochs_head: Annotated[Optional[int], typer.Option(rich_help_panel="Recipe", help="Epochs training only the new head on a frozen backbone" + RECIPE_HELP["epochs_head"])] = None,
+    epochs_finetune: Annotated[Optional[int], typer.Option(rich_help_panel="Recipe", help="Epochs fine-tuning from --unfreeze-from on, at a lower rate" + RECIPE_HELP["epochs_finetune"])] = None,
+    unfreeze_from: Annotated[Optional[str], typer.Option(rich_help_panel="Recipe", help=UNFREEZE_HELP)] = None,
+    batch_size: Annotated[int, typer.Option(rich_help_panel="Recipe", help="Images per step and worker.")] = 32,
+    lr_head: Annotated[Optional[float], typer.Option(rich_help_panel="Recipe", help="Learning rate of the head stage" + RECIPE_HELP["lr_head"])] = None,
+    lr_finetune: Annotated[Optional[float], typer.Option(rich_help_panel="Recipe", help="Peak learning rate of fine-tuning (cosine to 0)" + RECIPE_HELP["lr_finetune"])] = None,
+    label_smoothing: Annotated[float, typer.Option(rich_help_panel="Recipe", help="Cross-entropy label smoothing.")] = 0.1,
+    augment: Annotated[Optional[str], typer.Option(rich_help_panel="Recipe", help="light (crops and flips), basic (+ the reference notebook's rotation, shift, shear, colour) or real (+ blur, noise, JPEG, grayscale)" + RECIPE_HELP["augment"])] = None,
+    background_prob: Annotated[Optional[float], typer.Option(rich_help_panel="Recipe", help="Share of images with figure masks put on a random background" + RECIPE_HELP["background_prob"])] = None,
+    paste_prob: Annotated[Optional[float], typer.Option(rich_help_panel="Recipe", help="Share of horse/human images that get a masked figure of the other pasted in (-> both)" + RECIPE_HELP["paste_prob"])] = None,
+    class_weighting: Annotated[bool, typer.Option("--class-weighting/--no-class-weighting", rich_help_panel="Recipe", help="Weight the loss against class imbalance.")] = True,
+    freeze_bn: Annotated[bool, typer.Option("--freeze-bn", rich_help_panel="Recipe", help="Fine-tuning keeps every BatchNorm layer's running statistics (the pretrained ones).")] = False,
+    class_weight_power: Annotated[Optional[float], typer.Option(rich_help_panel="Recipe", help="Class weights (n / (k n_class)) ** P: 1 inverse frequency, 0.5 gentler" + RECIPE_HELP["class_weight_power"])] = None,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
     gpu: Gpu = None,
     storage: Annotated[Optional[str], typer.Option(help="Checkpoint storage (folder or s3:// prefix; default ~/ray_results).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name under --storage; rerun with the same name to resume.")] = None,
     max_failures: Annotated[int, typer.Option(help="Worker failures to recover from the latest checkpoint (-1: no limit).")] = 0,
-    max_unreadable: Annotated[float, typer.Option(help="Abort when a larger share of an epoch's images cannot be read or decoded.")] = 0.05,
+    max_unreadable: Annotated[float, typer.Option(rich_help_panel="Data", help="Abort when a larger share of an epoch's images cannot be read or decoded.")] = 0.05,
     decode: Annotated[
         Optional[str], typer.Option(help="Where JPEGs are decoded and augmented: cpu (reading tasks) or device (the workers' GPUs, in batches; default with GPUs).")
     ] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names in output order (default both,horse,human).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the validation split and initialization.")] = 0,
-    pseudo_labels: Annotated[Optional[str], typer.Option(help="A label table (from `cgi2real label`) whose confident rows are one more training root: self-training.")] = None,
-    min_confidence: Annotated[float, typer.Option(help="Least confidence of a --pseudo-labels row that is used.")] = 0.9,
+    classes: Annotated[Optional[str], typer.Option(rich_help_panel="Data", help="Comma-separated class names in output order (default both,horse,human).")] = None,
+    seed: Annotated[int, typer.Option(rich_help_panel="Recipe", help="Seed of the validation split and initialization.")] = 0,
+    pseudo_labels: Annotated[Optional[str], typer.Option(rich_help_panel="Data", help="A label table (from `cgi2real label`) whose confident rows are one more training root: self-training.")] = None,
+    min_confidence: Annotated[float, typer.Option(rich_help_panel="Data", help="Least confidence of a --pseudo-labels row that is used.")] = 0.9,
+    overwrite: OverwritePackage = False,
+    dry_run: DryRun = False,
+    address: Address = None,
     s3_endpoint: S3Endpoint = None,
 ):
     """Train a classifier (Inception v3 or EfficientNet-Lite) on Ray Train and write a model package."""
-    from cgi2real.stages import train as training
+    from cgi2real.plans.train import plan
 
     cfg = TrainConfig(
-        data=tuple(data), out=out, data_weights=parse_weights(data_weights), val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
+        data=tuple((data or []) + (data_args or [])), out=out, overwrite=overwrite, data_weights=parse_repeats(repeats or data_weights), val=val, val_fraction=val_fraction, classes=parse_classes(classes), weights=weights,
         arch=arch, image_size=image_size, geometry=geometry, epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=unfreeze_from,
         batch_size=batch_size, lr_head=lr_head, lr_finetune=lr_finetune, label_smoothing=label_smoothing,
         augment=augment, background_prob=background_prob, paste_prob=paste_prob, class_weighting=class_weighting, class_weight_power=class_weight_power, freeze_bn=freeze_bn, workers=workers, use_gpu=gpu, storage=storage, name=name,
         max_failures=max_failures, max_unreadable=max_unreadable, decode=decode, seed=seed, pseudo_labels=pseudo_labels, min_confidence=min_confidence,
         s3_endpoint=s3_endpoint,
     )
-    summary = training.run(cfg)
+    if _options_only(cfg):
+        return None
+    checked = plan(cfg)
+    if dry_run:
+        return _say_dry_run([*checked.describe(), checked.recipe()])
+    _join(address)
+    from cgi2real.stages import train as training
+
+    summary = training.run(cfg, checked)
     best = summary.best
     typer.echo(f"best epoch {summary.best_epoch}: val acc {best['val_acc']:.3f} (balanced {best['val_balanced_acc']:.3f}), val loss {best['val_loss']:.4f}")
     typer.echo(f"model package: {summary.package}")
     typer.echo(f"checkpoints:   {summary.run_path}")
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def adapt(
     model: Annotated[str, typer.Option("--model", help="The model package to adapt (folder or s3:// prefix).")],
-    data: Annotated[list[str], typer.Option("--data", help="Unlabeled target images: a folder or s3:// prefix, scanned recursively; repeat for several.")],
+    data: Annotated[list[str], typer.Option("--data", metavar="PATH", help="Unlabeled target images: a folder or s3:// prefix, scanned recursively; repeat for several.")],
     out: Annotated[str, typer.Option("--out", help="Where to write the adapted model package.")],
     method: Annotated[str, typer.Option(help="bn: re-estimate BatchNorm statistics; shot: train the backbone with the classifier fixed (SHOT, ICML 2020).")] = "bn",
     bn_mix: Annotated[float, typer.Option(help="bn: share of the target statistics blended into the source ones (1: plain AdaBN).")] = 0.5,
@@ -190,57 +322,77 @@ def adapt(
     storage: Annotated[Optional[str], typer.Option(help="shot: checkpoint storage (folder or s3:// prefix; default ~/ray_results).")] = None,
     name: Annotated[Optional[str], typer.Option(help="shot: run name under --storage; rerun with the same name to resume.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the shuffles and augmentation.")] = 0,
+    overwrite: OverwritePackage = False,
+    dry_run: DryRun = False,
+    address: Address = None,
     s3_endpoint: S3Endpoint = None,
 ):
     """Adapt a model package to unlabeled photos (no labels read) and write the adapted package."""
-    from cgi2real.stages import adapt as adaptation
+    from cgi2real.plans.adapt import plan
 
-    summary = adaptation.run(
-        AdaptConfig(
-            model=model, data=tuple(data), out=out, method=method, bn_mix=bn_mix, epochs=epochs, batch_size=batch_size, lr=lr,
+    cfg = AdaptConfig(
+            model=model, data=tuple(data), out=out, overwrite=overwrite, method=method, bn_mix=bn_mix, epochs=epochs, batch_size=batch_size, lr=lr,
             diversity=diversity, pseudo_weight=pseudo_weight, prior=prior, workers=workers, use_gpu=gpu, storage=storage, name=name, seed=seed,
             s3_endpoint=s3_endpoint,
-        )
     )
+    if _options_only(cfg):
+        return None
+    checked = plan(cfg)
+    if dry_run:
+        return _say_dry_run(checked.describe())
+    _join(address)
+    from cgi2real.stages import adapt as adaptation
+
+    summary = adaptation.run(cfg, checked)
     skipped = f", {summary.bad} unreadable skipped" if summary.bad else ""
     typer.echo(f"adapted ({summary.method}) on {summary.used} images{skipped} in {summary.seconds:.1f} s")
     typer.echo(f"model package: {summary.package}")
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
-    data: Annotated[list[str], typer.Option("--data", help="Labeled dataset; repeat to compare several side by side.")],
+    data: Annotated[list[str], typer.Option("--data", metavar="PATH", help="Labeled dataset; repeat to compare several side by side.")],
     out: Annotated[Optional[str], typer.Option("--out", help="Report folder: report.json and a confusion PNG per dataset.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     abstain_below: AbstainBelow = None,
     geometry: Annotated[Optional[str], typer.Option(help=GEOMETRY_HELP + " (default: the package's).")] = None,
     gpu: Gpu = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a report already at --out.")] = False,
+    dry_run: DryRun = False,
+    json_out: Json = False,
     s3_endpoint: S3Endpoint = None,
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrices and calibration (ECE, reliability diagrams) of a model package."""
+    from cgi2real.plans.evaluate import plan
+
+    cfg = EvalConfig(
+        model=model, data=tuple(data), out=out, overwrite=overwrite, batch_size=batch_size, abstain_below=abstain_below, geometry=geometry, use_gpu=gpu,
+        s3_endpoint=s3_endpoint,
+    )
+    checked = plan(cfg)
+    if dry_run:
+        return _say_dry_run(checked.describe())
     from cgi2real.stages import evaluate as evaluation
 
-    result = evaluation.run(
-        EvalConfig(
-            model=model, data=tuple(data), out=out, batch_size=batch_size, abstain_below=abstain_below, geometry=geometry, use_gpu=gpu,
-            s3_endpoint=s3_endpoint,
-        )
-    )
+    with _json_out(json_out):
+        result = evaluation.run(cfg, checked)
+    if json_out:
+        return _echo_json(result)
     typer.echo(f"model {result['model']} ({result['model_path']}), geometry {result['geometry']}")
     typer.echo(evaluation.format_reports(result["datasets"]))
     if out:
         typer.echo(f"report: {os.path.join(out, 'report.json')}")
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def label(
     model: Annotated[str, typer.Option("--model", help="Model package (folder or s3:// prefix).")],
     out: Annotated[str, typer.Option("--out", help="The label table: a folder or s3:// prefix of Parquet files.")],
     source: Annotated[
-        Optional[str], typer.Argument(help="Images to label: a folder or s3:// prefix, listed recursively (or one image file).")
+        Optional[str], typer.Argument(metavar="SOURCE", help="Images to label: a folder or s3:// prefix, listed recursively (or one image file).")
     ] = None,
     manifest: Annotated[
         Optional[str],
@@ -256,18 +408,29 @@ def label(
     force: Annotated[bool, typer.Option("--force", help="Take over a table whose writer died: break a lease not renewed for 2 minutes.")] = False,
     rows_per_file: Annotated[int, typer.Option(help="Commit a Parquet file once this many rows are ready, or after a minute.")] = 100_000,
     abstain_below: AbstainBelow = None,
+    dry_run: DryRun = False,
+    json_out: Json = False,
+    address: Address = None,
     s3_endpoint: S3Endpoint = None,
 ):
     """Label every image under SOURCE (or listed in --manifest) with a model package into a Parquet label table (resumable)."""
     from cgi2real.stages import label as labeling
 
-    summary = labeling.run(
-        LabelConfig(
-            source=source, model=model, out=out, manifest=manifest, batch_size=batch_size, actors=actors, use_gpu=gpu, decode=decode,
-            overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
-        )
+    cfg = LabelConfig(
+        source=source, model=model, out=out, manifest=manifest, batch_size=batch_size, actors=actors, use_gpu=gpu, decode=decode,
+        overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
     )
-    typer.echo(labeling.format_summary(summary))
+    if _options_only(cfg):
+        return None
+    if dry_run:
+        return _say_dry_run(labeling.dry_run(cfg))
+    _join(address)
+    with _json_out(json_out):
+        summary = labeling.run(cfg)
+    if json_out:
+        _echo_json({**dataclasses.asdict(summary), "error_rows": sum(summary.errors.values()), "images_per_second": summary.images_per_second})
+    else:
+        typer.echo(labeling.format_summary(summary))
     _refuse_unavailable(summary)
 
 
@@ -280,22 +443,26 @@ def _refuse_unavailable(summary) -> None:
         )
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def summary(
-    table: Annotated[str, typer.Argument(help="A label table written by `cgi2real label` (folder or s3:// prefix).")],
+    table: Annotated[str, typer.Argument(metavar="TABLE", help="A label table written by `cgi2real label` (folder or s3:// prefix).")],
+    json_out: Json = False,
     s3_endpoint: S3Endpoint = None,
 ):
     """Rows per class, mean confidence, error reasons and models used in a label table."""
     from cgi2real.stages import review
 
-    typer.echo(review.format_summary(review.summarize_table(table, s3_endpoint)))
+    found = review.summarize_table(table, s3_endpoint)
+    if json_out:
+        return _echo_json(found)
+    typer.echo(review.format_summary(found))
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def review(
-    table: Annotated[str, typer.Argument(help="A label table written by `cgi2real label` (folder or s3:// prefix).")],
+    table: Annotated[str, typer.Argument(metavar="TABLE", help="A label table written by `cgi2real label` (folder or s3:// prefix).")],
     out: Annotated[str, typer.Option("--out", help="Folder for index.html, its thumbnails and plots (opens from disk, no server).")],
     per_class: Annotated[int, typer.Option(help="Thumbnails drawn at random per class.")] = 24,
     lowest: Annotated[int, typer.Option(help="Least confident labeled images shown, with every class's probability.")] = 48,
@@ -320,16 +487,20 @@ def labeling_counts(summary: dict) -> str:
     return f"{summary['rows']} rows: {classes}, errors {errors}"
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def info(
-    package: Annotated[str, typer.Argument(help="Model package (folder or s3:// prefix).")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Model package (folder or s3:// prefix).")],
+    json_out: Json = False,
     s3_endpoint: S3Endpoint = None,
 ):
     """Show a model package's classes, input, provenance and training history."""
-    from cgi2real.model.networks import load_model_package
+    from cgi2real.formats.package import read_package_info
 
-    typer.echo(describe_package(load_model_package(package, s3_endpoint).config, package))
+    config = read_package_info(package, s3_endpoint).config
+    if json_out:
+        return _echo_json({"package": package, "model_id": config["weights_sha256"][:16], "config": config})
+    typer.echo(describe_package(config, package))
 
 
 def describe_package(config: dict, where: str) -> str:
@@ -365,7 +536,7 @@ def describe_package(config: dict, where: str) -> str:
             masks = f", {root['masks']} masks" if root.get("masks") else ""
             lines.append(f"  root       {root['uri']} x{root['weight']:g}: " + ", ".join(f"{name} {n}" for name, n in root["train"].items()) + masks)
         if training.get("class_weights"):
-            lines.append("  weights    " + ", ".join(f"{name} {w:.2f}" for name, w in training["class_weights"].items()))
+            lines.append("  loss       per class x " + ", ".join(f"{name} {w:.2f}" for name, w in training["class_weights"].items()))
         lines.append("  epoch stage     train loss  train acc  val loss  val acc  img/s")
         for m in training.get("epochs", []):
             best = " *" if m["epoch"] == training.get("best_epoch") else ""
@@ -379,7 +550,7 @@ def describe_package(config: dict, where: str) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def synth(
     out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix; images go to OUT/<class>/.")],
@@ -389,57 +560,80 @@ def synth(
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated subset of both,horse,human.")] = None,
     masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Also write figure masks to OUT/_masks/ (for training; not needed for images to label).")] = True,
     scenes: Annotated[str, typer.Option(help="photo: framed and furnished like photographs; simple: whole figures in an open field (easy: demos, smoke tests).")] = "photo",
+    address: Address = None,
     s3_endpoint: S3Endpoint = None,
 ):
     """Render CGI images of horses, people and both into class folders, as a Ray Data job."""
     from cgi2real.core.config import SynthConfig
     from cgi2real.stages import synth as dataset
 
-    counts = dataset.run(SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes), masks=masks, scenes=scenes, s3_endpoint=s3_endpoint))
+    _join(address)
+    cfg = SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes, least=1), masks=masks, scenes=scenes, s3_endpoint=s3_endpoint)
+    if _options_only(cfg):
+        return None
+    counts = dataset.run(cfg)
     rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
     typer.echo(f"wrote {counts['written']} images{rate}, {counts['already']} were there; {counts['redrawn_camera']} needed another camera, {counts['not_visible']} kept a figure below the visibility bar")
     for label, c in counts.get("coverage", {}).items():
         typer.echo(f"  {label}: figures cover {c['median']:.0%} of the image (median; 10th-90th percentile {c['p10']:.0%}-{c['p90']:.0%}) in the {c['n']} rendered")
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def samples(
-    out: Annotated[str, typer.Argument(help="PNG file for the contact sheet.")] = "docs/synth-samples.png",
+    out: Annotated[str, typer.Argument(metavar="PNG", help="PNG file to write (the README's picture is docs/synth-samples.png).")],
     per_class: Annotated[int, typer.Option(help="Samples per class (one row per class).")] = 6,
     size: Annotated[int, typer.Option(help="Tile side in px.")] = 299,
     seed: Annotated[int, typer.Option(help="Seed, as for synth.")] = 0,
 ):
     """Render a contact sheet of synth samples (the README's picture)."""
+    from cgi2real.core.config import at_least, choose
     from cgi2real.stages.synth import contact_sheet
 
+    choose("--per-class", per_class, at_least(1))
+    choose("--size", size, at_least(32))
+    if not out.lower().endswith(".png") or os.path.isdir(out):
+        raise InputError(f"PNG {out!r}: expected a .png file name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise InputError(f"PNG {out!r}: its folder {os.path.dirname(os.path.abspath(out))} does not exist")
     contact_sheet(out, per_class, size, seed)
     typer.echo(f"contact sheet: {out}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False})
+@app.command(cls=_GroupedCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False})
 @_fails_cleanly
 def submit(
     ctx: typer.Context,
-    command: Annotated[str, typer.Argument(help="train, adapt, label or synth; the arguments after it are that command's.")],
+    command: Annotated[str, typer.Argument(metavar="COMMAND", help="train, adapt, label or synth; the arguments after it are that command's.")],
     address: Annotated[Optional[str], typer.Option(help="Ray Jobs API of the cluster (default: $RAY_ADDRESS, else http://127.0.0.1:8265).")] = None,
     pass_aws_credentials: Annotated[bool, typer.Option("--pass-aws-credentials", help="Send this shell's AWS keys to the job (visible in the dashboard; prefer an instance role).")] = False,
 ):
     """Run `cgi2real COMMAND ARGS` on a Ray cluster as a Ray Job; stream its logs; exit with its status."""
+    from cgi2real.submit import COMMANDS
     from cgi2real.submit import submit as submit_job
 
+    choose("COMMAND", command, COMMANDS)
+    # The command's options are checked here, as the cluster would check them (its inputs are the
+    # cluster's to read): a typo fails in a second, not after the job's upload and start-up.
+    token = _OPTIONS_ONLY.set(True)
+    try:
+        code = typer.main.get_command(app).get_command(ctx, command).main(list(ctx.args), f"cgi2real {command}", standalone_mode=False)
+    finally:
+        _OPTIONS_ONLY.reset(token)
+    if code:
+        raise typer.Exit(code)
     if not submit_job(command, list(ctx.args), address, pass_aws_credentials, echo=typer.echo):
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_GroupedCommand)
 @_fails_cleanly
 def demo(
     workdir: Annotated[str, typer.Option(help="Folder for the generated data, checkpoints, package, report, label table and review page.")] = "demo",
     weights: Annotated[str, typer.Option(help="imagenet: pretrained (EfficientNet-Lite0's weights come with pip: offline) on photo-like renders; none: Inception v3 from scratch on simple renders.")] = "imagenet",
     arch: Annotated[Optional[str], typer.Option(help="efficientnet_lite0|1|2 or inception_v3 (default: efficientnet_lite0, or inception_v3 with --weights none; inception_v3 with imagenet downloads torchvision's weights).")] = None,
-    per_class: Annotated[Optional[int], typer.Option(help="Rendered training images per class (default: the recipe's, README 'Demo').")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the recipe's, README 'Demo').")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Rendered training images per class (default: " + DEMO_DEFAULTS["per_class"] + ").")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs in all (default: " + DEMO_DEFAULTS["epochs"] + ").")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     workers: Annotated[int, typer.Option(help="Data-parallel Ray Train workers.")] = 1,
 ):

@@ -70,20 +70,20 @@ class DemoConfig:
 
 def run(cfg: DemoConfig, echo=print) -> dict:
     """Render, train, evaluate, label, review under cfg.workdir; return the figures it printed."""
-    from cgi2real.stages import evaluate as evaluation
-    from cgi2real.stages import label as labeling
-    from cgi2real.stages import review as reviewing
-    from cgi2real.stages import synth as dataset
-    from cgi2real.stages import train as training
-
     if cfg.weights not in ("imagenet", "none"):
-        raise InputError(f"demo --weights {cfg.weights!r}: expected one of imagenet, none")
+        raise InputError(f"--weights {cfg.weights!r}: expected one of imagenet, none")
     arch = cfg.arch or ("efficientnet_lite0" if cfg.weights == "imagenet" else "inception_v3")
     recipe = recipe_for(arch, cfg.weights)
     per_class = cfg.per_class or recipe.per_class
     eval_per_class = min(recipe.eval_per_class, max(per_class // 5, 10))
     epochs_head, epochs_finetune = _epochs(recipe, cfg.epochs)
     started = time.monotonic()
+    from cgi2real.stages import evaluate as evaluation  # torch: after the options are checked
+    from cgi2real.stages import label as labeling
+    from cgi2real.stages import review as reviewing
+    from cgi2real.stages import synth as dataset
+    from cgi2real.stages import train as training
+
     if cfg.weights == "imagenet":
         from cgi2real.model.networks import imagenet_state_dict
 
@@ -100,12 +100,12 @@ def run(cfg: DemoConfig, echo=print) -> dict:
         TrainConfig(
             data=(data["train"],), out=package, weights=cfg.weights, arch=arch, image_size=recipe.image_size,
             epochs_head=epochs_head, epochs_finetune=epochs_finetune, unfreeze_from=recipe.unfreeze_from, lr_head=recipe.lr_head, lr_finetune=recipe.lr_finetune,
-            augment=recipe.augment, background_prob=recipe.background_prob, paste_prob=recipe.paste_prob, val_fraction=0.1, batch_size=cfg.batch_size, workers=cfg.workers, storage=os.path.join(root, "runs"), name=f"demo-{arch}-{cfg.weights}",
+            augment=recipe.augment, background_prob=recipe.background_prob, paste_prob=recipe.paste_prob, val_fraction=0.1, overwrite=True, batch_size=cfg.batch_size, workers=cfg.workers, storage=os.path.join(root, "runs"), name=f"demo-{arch}-{cfg.weights}",
         )
     )
     echo("[3/5] evaluating on fresh renders")
     report_dir = os.path.join(root, "report")
-    result = evaluation.run(EvalConfig(model=package, data=(data["test"],), out=report_dir))
+    result = evaluation.run(EvalConfig(model=package, data=(data["test"],), out=report_dir, overwrite=True))
     echo(evaluation.format_reports(result["datasets"]))
     accuracy = next(iter(result["datasets"].values()))["accuracy"]
     echo(f"[4/5] labeling {data['unlabeled']} into a Parquet label table")
@@ -128,7 +128,7 @@ def _epochs(recipe: Recipe, epochs: int | None) -> tuple[int, int]:
     if epochs is None:
         return recipe.epochs_head, recipe.epochs_finetune
     if epochs < 1:
-        raise InputError(f"demo --epochs must be >= 1, got {epochs}")
+        raise InputError(f"--epochs {epochs}: expected >= 1")
     if recipe.epochs_finetune == 0:  # a head-only recipe stays one
         return epochs, 0
     head = min(recipe.epochs_head, epochs - 1)

@@ -1,6 +1,6 @@
 """Ray job entrypoint for training: the same arguments as `cgi2real train`.
 
-    ray job submit --working-dir . -- python jobs/train.py DATA [DATA2 ...] --out PKG [options]
+    ray job submit --working-dir . -- python jobs/train.py --data DATA [--data DATA2 ...] --out PKG [options]
 
 Inside a Ray job RAY_ADDRESS is set, so training joins that cluster instead of starting one.
 """

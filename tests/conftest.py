@@ -53,7 +53,7 @@ def image_root(tmp_path_factory):
 
 def invoke(*args, code: int | None = 0):
     """Run the CLI in-process with `args`; assert its exit code (unless `code` is None); return the result."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = CliRunner().invoke(app, [str(a) for a in args], prog_name="cgi2real")
     if code is not None:
         assert result.exit_code == code, result.output + repr(result.exception)
     return result

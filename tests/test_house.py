@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cgi2real"
 # Bottom to top: a module may import its own layer and those before it (README "Layout").
-LAYERS = ("core", "synth", "storage", "formats", "imaging", "model", "runtime", "pipelines", "stages", "top")
+LAYERS = ("core", "synth", "storage", "formats", "imaging", "model", "runtime", "pipelines", "plans", "stages", "top")
 # Modules a labeling driver, the review page, the renderer's job and the CLI's option checks load:
 # importing them must not import torch.
 TORCH_FREE = (
@@ -18,6 +18,7 @@ TORCH_FREE = (
     "cgi2real.pipelines.labeling", "cgi2real.runtime.cluster", "cgi2real.runtime.progress", "cgi2real.formats.package",
     "cgi2real.formats.label_table", "cgi2real.formats.class_folders", "cgi2real.storage.locations", "cgi2real.storage.listing",
     "cgi2real.storage.reads", "cgi2real.core.config", "cgi2real.core.archs", "cgi2real.core.classes", "cgi2real.core.errors",
+    "cgi2real.plans.train", "cgi2real.plans.adapt", "cgi2real.plans.evaluate", "cgi2real.formats.checkpoints",
 )
 
 

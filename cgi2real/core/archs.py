@@ -89,13 +89,13 @@ def get_arch(name: str, what: str = "--arch") -> Arch:
 
 def check_unfreeze_from(arch: Arch, block: str) -> None:
     if block not in arch.blocks:
-        raise InputError(f"{arch.title} has no block {block!r} to unfreeze from; choose one of {', '.join(arch.blocks)}")
+        raise InputError(f"--unfreeze-from {block!r}: expected a block of {arch.title}, one of {', '.join(arch.blocks)}")
 
 
 MAX_IMAGE_SIZE = 1024  # a larger square input costs memory and time for nothing these backbones can use
 
 def check_image_size(arch: Arch, image_size: int) -> None:
     if image_size < arch.min_image_size:
-        raise InputError(f"image size {image_size} is too small: {arch.title} needs at least {arch.min_image_size} px")
+        raise InputError(f"--image-size {image_size}: expected at least {arch.min_image_size} px for {arch.title}")
     if image_size > MAX_IMAGE_SIZE:
         raise InputError(f"--image-size {image_size}: expected at most {MAX_IMAGE_SIZE} px (the backbones were trained at 224-299)")

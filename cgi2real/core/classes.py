@@ -20,13 +20,14 @@ MASKS_FOLDER = "_masks"  # figure masks of a labeled dataset, beside its class f
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-def parse_classes(text: str | None) -> tuple[str, ...]:
-    """Parse a comma-separated class list (None: the default classes)."""
+def parse_classes(text: str | None, least: int = 2) -> tuple[str, ...]:
+    """Parse a comma-separated class list (None: the default classes); a model needs two classes,
+    the renderer one (`least`)."""
     if text is None:
         return DEFAULT_CLASSES
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if len(names) < 2:
-        raise InputError(f"--classes needs at least two names, got {text!r}")
+    if len(names) < least:
+        raise InputError(f"--classes {text!r}: expected at least {least} comma-separated names")
     for name in names:
         if not _CLASS_NAME.match(name):
             raise InputError(
@@ -62,3 +63,27 @@ def composite_pairs(classes: tuple[str, ...]) -> dict[tuple[int, int], int]:
             i, j, k = classes.index(a), classes.index(b), classes.index(composite)
             pairs[(i, j)] = pairs[(j, i)] = k
     return pairs
+
+
+def expected_after_pasting(drawn: dict[str, float], donors: dict[str, float], paste_prob: float, batch_size: int) -> dict[str, float]:
+    """Expected images per class once cut-and-paste has relabeled some, from those `drawn` per class
+    and the `donors` among them (images with a figure mask).
+
+    An image of a recipient class (horse) becomes the composite (both) with `paste_prob` times the
+    chance that its batch of `batch_size` rows holds a masked figure of the donor class (human).
+    """
+    classes = tuple(drawn)
+    total, totals = sum(drawn.values()), dict(drawn)
+    for (recipient, donor), result in composite_pairs(classes).items():
+        share = donors[classes[donor]] / total if total else 0.0  # of a batch's other rows, on average
+        moved = paste_prob * drawn[classes[recipient]] * (1 - (1 - share) ** (batch_size - 1))
+        totals[classes[recipient]] -= moved
+        totals[classes[result]] += moved
+    return totals
+
+
+def class_weights(counts: dict[str, int], power: float = 1.0) -> dict[str, float]:
+    """Loss weights (n / (k * n_c)) ** power: inverse frequency at power 1, its square root at 0.5
+    (a rare class from one source then weighs less than its share says); a balanced set gets 1.0 everywhere."""
+    total, k = sum(counts.values()), len(counts)
+    return {name: ((total / (k * n)) ** power if n else 0.0) for name, n in counts.items()}

@@ -85,6 +85,7 @@ ARCH_DEFAULTS = (
 class TrainConfig:
     data: tuple[str, ...]  # labeled dataset roots (class folders), local or s3://
     out: str  # where the final model package is written, local or s3://
+    overwrite: bool = False  # replace a model package already at `out`
     data_weights: tuple[float, ...] | None = None  # per root: times each image is drawn per epoch; None: 1 each
     val: str | None = None  # a separate validation root; None: split `val_fraction` off `data`
     val_fraction: float = 0.2  # share of each class held out when `val` is None (stratified)
@@ -126,6 +127,12 @@ class TrainConfig:
         if self.arch is None and not from_package:
             object.__setattr__(self, "arch", DEFAULT_ARCH)
         if self.arch in ARCHS and (not from_package or self.image_size is not None):
+            if self.weights == "none":  # from scratch: no frozen random blocks; every block trains from the first epoch
+                arch = ARCHS[self.arch]
+                scratch = {"epochs_head": 0, "unfreeze_from": arch.blocks[0], "epochs_finetune": arch.epochs_head + arch.epochs_finetune, "lr_finetune": arch.lr_head}
+                for name, value in scratch.items():
+                    if getattr(self, name) is None:
+                        object.__setattr__(self, name, value)
             for name in ARCH_DEFAULTS:
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, getattr(ARCHS[self.arch], name))
@@ -181,6 +188,7 @@ class AdaptConfig:
     model: str  # the source model package, local or s3://
     data: tuple[str, ...]  # unlabeled target images: folders or s3:// prefixes, scanned like `label` scans
     out: str  # where the adapted model package is written, local or s3://
+    overwrite: bool = False  # replace a model package already at `out`
     method: str = "bn"  # bn: BatchNorm statistics only; shot: train the backbone (SHOT, see adapt.py)
     bn_mix: float = 0.5  # bn: share of the target statistics blended into the source ones (1: plain AdaBN; 0.5 measured best)
     epochs: int = 5  # shot: passes over the target images
@@ -219,6 +227,7 @@ class EvalConfig:
     model: str  # model package, local or s3://
     data: tuple[str, ...]  # labeled datasets to evaluate, each reported separately
     out: str | None = None  # report folder (report.json + confusion PNGs); None: print only
+    overwrite: bool = False  # replace a report already at `out`
     batch_size: int = 64  # images per forward pass
     abstain_below: float | None = None  # also report accuracy and coverage when images below this confidence are left out
     geometry: str | None = None  # override the package's geometry (to compare them); None: the package's

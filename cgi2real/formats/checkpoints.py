@@ -1,5 +1,7 @@
 """Ray Train checkpoints of cgi2real runs (train, adapt): safetensors and JSON, never pickle.
 
+Torch is imported only to write or read the tensors: a run's plan reads the JSON without it.
+
 A checkpoint folder holds the model's weights (`model.safetensors`), the optimizer's tensors
 (`train_state.safetensors`) and everything else as JSON (`train_state.json`: epoch, history,
 the run's config, the package config to export). Checkpoints are read where they are stored,
@@ -10,10 +12,6 @@ import json
 import os
 from dataclasses import asdict
 
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-
 from cgi2real.core.errors import InputError
 from cgi2real.formats.package import WEIGHTS_FILE
 from cgi2real.storage.locations import read_whole
@@ -23,8 +21,11 @@ TRAIN_STATE_JSON = "train_state.json"
 SPLIT_JSON = "split.json"  # which files of each root were held out; a resumed run keeps it
 
 
-def write_checkpoint(folder: str, model: nn.Module, optimizer, scheduler, state: dict) -> None:
-    """Model weights, optimizer tensors and everything else as JSON, into `folder`."""
+def write_checkpoint(folder: str, model, optimizer, scheduler, state: dict) -> None:
+    """Model weights (of an nn.Module), optimizer tensors and everything else as JSON, into `folder`."""
+    import torch
+    from safetensors.torch import save_file
+
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, WEIGHTS_FILE))
     tensors, optimizer_meta = {}, {}
     opt_state = optimizer.state_dict()
@@ -51,6 +52,8 @@ def read_train_state(folder: str) -> dict:
 
 def read_checkpoint(folder: str) -> tuple[dict, dict, dict]:
     """(model state dict, optimizer state dict, train state) from a checkpoint folder."""
+    from safetensors.torch import load_file
+
     state = read_train_state(folder)
     opt_state: dict = {}
     for key, value in load_file(os.path.join(folder, TRAIN_STATE_TENSORS)).items():
@@ -65,10 +68,10 @@ def read_checkpoint(folder: str) -> tuple[dict, dict, dict]:
 def latest_result(run_folder):
     """What a Ray Train run folder holds so far, as the `Result` its `fit()` would return, or None
     (no folder, or nothing checkpointed yet)."""
-    from ray.train import Result
-
     if not run_folder.exists():
         return None
+    from ray.train import Result  # 1.5 s to import: only for a run that has a folder
+
     try:
         return Result.from_path(run_folder.path, storage_filesystem=run_folder.fs)
     except RuntimeError:  # a folder without a checkpoint snapshot: nothing to resume

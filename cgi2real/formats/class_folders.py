@@ -11,9 +11,9 @@ backgrounds and cut-and-paste mixing. Images without a mask are used as they are
 
 import random
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from cgi2real.core.classes import MASKS_FOLDER, class_for_folder, is_image_name
+from cgi2real.core.classes import MASKS_FOLDER, class_for_folder, expected_after_pasting, is_image_name
 from cgi2real.core.errors import InputError
 from cgi2real.storage.listing import list_images
 from cgi2real.storage.locations import Location, locate
@@ -185,3 +185,58 @@ def scan_image_files(uri: str, s3_endpoint: str | None = None) -> ImageFiles:
     rows = source.take_rows()
     return ImageFiles(source.root, tuple(rows.column("path").to_pylist()), tuple(rows.column("size").to_pylist()), source.skipped)
 
+
+PASTE_BATCH = 32  # rows per training map batch: cut-and-paste takes its donors from the same batch
+
+
+@dataclass
+class TrainingData:
+    """What one run trains and validates on: per root, its images, weight and held-out part."""
+
+    train: list[LabeledImages]  # one per --data root
+    val: list[LabeledImages]  # one per root (its held-out split), or the one --val dataset
+    weights: list[float]  # per training root: times each image is drawn per epoch
+    held_out: bool = True  # val is split off the roots (False: a separate --val dataset)
+    notes: list[str] = field(default_factory=list)  # what resuming found changed in the data
+
+    def per_epoch(self, paste_prob: float = 0.0, batch_size: int = PASTE_BATCH) -> dict[str, float]:
+        """Expected images per class in one epoch: drawn, then relabeled by the pasting that can happen.
+
+        An image of a recipient class (horse) becomes the composite (both) with `paste_prob` times
+        the chance that its batch of `batch_size` rows holds a masked figure of the donor class
+        (human) to paste in: without masks there is no pasting. The loss's class weights come from
+        these counts, so they follow the labels the loss will actually see.
+        """
+        classes = self.train[0].classes
+        drawn, donors = dict.fromkeys(classes, 0.0), dict.fromkeys(classes, 0.0)
+        for images, weight in zip(self.train, self.weights):
+            for name, n in images.class_counts().items():
+                drawn[name] += weight * n
+            for name, n in images.class_counts(masked_only=True).items():
+                donors[name] += weight * n
+        return expected_after_pasting(drawn, donors, paste_prob, batch_size)
+
+    def counts(self) -> dict:
+        """Class counts for the package summary: totals and per root (with weight and masks)."""
+        val_by_root = self.val if self.held_out else [None] * len(self.train)
+        return {
+            "train": sum_counts(self.train),
+            "val": sum_counts(self.val),
+            "roots": [
+                {"uri": images.root.uri, "weight": weight, "train": images.class_counts(), "masks": images.masked,
+                 **({"val": val.class_counts()} if val is not None else {})}
+                for images, weight, val in zip(self.train, self.weights, val_by_root)
+            ],
+        }
+
+    def split(self) -> dict | None:
+        """The held-out split as a checkpoint keeps it (None with a separate --val dataset)."""
+        return {"roots": [split_record(t, v) for t, v in zip(self.train, self.val)]} if self.held_out else None
+
+
+def sum_counts(parts: list[LabeledImages]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for images in parts:
+        for name, n in images.class_counts().items():
+            totals[name] = totals.get(name, 0) + n
+    return totals

@@ -19,6 +19,7 @@ PACKAGE_FORMAT = "cgi2real-model"
 PACKAGE_VERSION = 2  # 2: `geometry` recorded (version 1 packages center-crop)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+PACKAGE_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what says a folder holds a package (an interrupted write may leave either)
 CONFIG_KEYS = ("arch", "classes", "image_size", "mean", "std", "weights_sha256")
 ARCH_KEYS = {DEFAULT_ARCH: ("aux_logits", "transform_input")}  # what else an arch's network is built from
 
@@ -89,6 +90,8 @@ def read_package_config(folder: Location) -> dict:
     except FileNotFoundError:
         what = "no such folder" if not folder.exists() else f"no {CONFIG_FILE}"
         raise InputError(f"not a model package: {folder.uri} ({what})") from None
+    except NotADirectoryError:
+        raise InputError(f"not a model package: {folder.uri} (a file; a package is a folder with {CONFIG_FILE} and {WEIGHTS_FILE})") from None
     except OSError as e:
         raise InputError(f"cannot read model package {folder.uri}: {first_line(e)}") from None
     except ValueError:

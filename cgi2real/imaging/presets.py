@@ -17,7 +17,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 from cgi2real.core.archs import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (tests and benchmarks normalize with them)
-from cgi2real.core.classes import composite_pairs
 from cgi2real.core.config import AUGMENTATIONS, DEFAULT_GEOMETRY, GEOMETRIES, choose  # crop | pad | squash: see config.GEOMETRIES
 
 MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # fill outside the picture: ~0 once normalized
@@ -390,23 +389,6 @@ class Paste:
     dy: int
     dx: int
     result: int  # the recipient's class afterwards
-
-
-def expected_after_pasting(drawn: dict[str, float], donors: dict[str, float], paste_prob: float, batch_size: int) -> dict[str, float]:
-    """Expected images per class once cut-and-paste has relabeled some, from those `drawn` per class
-    and the `donors` among them (images with a figure mask).
-
-    An image of a recipient class (horse) becomes the composite (both) with `paste_prob` times the
-    chance that its batch of `batch_size` rows holds a masked figure of the donor class (human).
-    """
-    classes = tuple(drawn)
-    total, totals = sum(drawn.values()), dict(drawn)
-    for (recipient, donor), result in composite_pairs(classes).items():
-        share = donors[classes[donor]] / total if total else 0.0  # of a batch's other rows, on average
-        moved = paste_prob * drawn[classes[recipient]] * (1 - (1 - share) ** (batch_size - 1))
-        totals[classes[recipient]] -= moved
-        totals[classes[result]] += moved
-    return totals
 
 
 def paste_plan(labels, has_mask: list[bool], pairs: dict[tuple[int, int], int], prob: float, size: int, rng: np.random.Generator) -> list[Paste]:

@@ -20,14 +20,6 @@ from cgi2real.core.config import TrainConfig
 from cgi2real.model.inputs import forward
 from cgi2real.model.networks import num_outputs, set_train_mode
 
-
-def class_weights(counts: dict[str, int], power: float = 1.0) -> dict[str, float]:
-    """Loss weights (n / (k * n_c)) ** power: inverse frequency at power 1, its square root at 0.5
-    (a rare class from one source then weighs less than its share says); a balanced set gets 1.0 everywhere."""
-    total, k = sum(counts.values()), len(counts)
-    return {name: ((total / (k * n)) ** power if n else 0.0) for name, n in counts.items()}
-
-
 AUX_LOSS_WEIGHT = 0.4  # as in the Inception v3 paper
 
 

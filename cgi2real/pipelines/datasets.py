@@ -6,15 +6,13 @@ Adaptation (`target_dataset`, `augmented_target_dataset`). Ray is imported insid
 labeling's pipeline is `pipelines.labeling`, which a torch-free driver imports.
 """
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pyarrow as pa
 
 from cgi2real.core.classes import composite_pairs
 from cgi2real.core.config import TrainConfig
-from cgi2real.formats.class_folders import ImageFiles, LabeledImages, split_record
-from cgi2real.imaging.presets import EvalPreset, TrainPreset, expected_after_pasting
+from cgi2real.formats.class_folders import PASTE_BATCH, ImageFiles, LabeledImages, TrainingData
+from cgi2real.imaging.presets import EvalPreset, TrainPreset
 from cgi2real.pipelines.batches import (
     augment_target,
     decode_target,
@@ -24,8 +22,6 @@ from cgi2real.pipelines.batches import (
     read_labeled_for_device,
     read_training_for_device,
 )
-
-PASTE_BATCH = 32  # rows per training map batch: cut-and-paste takes its donors from the same batch
 
 
 def image_dataset(parts: list[LabeledImages], preset, decode: str = "cpu"):
@@ -81,59 +77,6 @@ def file_rows(parts: list[LabeledImages], weights: list[float] | None = None) ->
 def row_blocks(rows: list) -> int:
     """Blocks for a Ray Dataset of file rows: about 32 rows each, between 2 and 200."""
     return max(2, min(len(rows) // 32, 200))
-
-
-@dataclass
-class TrainingData:
-    """What one run trains and validates on: per root, its images, weight and held-out part."""
-
-    train: list[LabeledImages]  # one per --data root
-    val: list[LabeledImages]  # one per root (its held-out split), or the one --val dataset
-    weights: list[float]  # per training root: times each image is drawn per epoch
-    held_out: bool = True  # val is split off the roots (False: a separate --val dataset)
-    notes: list[str] = field(default_factory=list)  # what resuming found changed in the data
-
-    def per_epoch(self, paste_prob: float = 0.0, batch_size: int = PASTE_BATCH) -> dict[str, float]:
-        """Expected images per class in one epoch: drawn, then relabeled by the pasting that can happen.
-
-        An image of a recipient class (horse) becomes the composite (both) with `paste_prob` times
-        the chance that its batch of `batch_size` rows holds a masked figure of the donor class
-        (human) to paste in: without masks there is no pasting. The loss's class weights come from
-        these counts, so they follow the labels the loss will actually see.
-        """
-        classes = self.train[0].classes
-        drawn, donors = dict.fromkeys(classes, 0.0), dict.fromkeys(classes, 0.0)
-        for images, weight in zip(self.train, self.weights):
-            for name, n in images.class_counts().items():
-                drawn[name] += weight * n
-            for name, n in images.class_counts(masked_only=True).items():
-                donors[name] += weight * n
-        return expected_after_pasting(drawn, donors, paste_prob, batch_size)
-
-    def counts(self) -> dict:
-        """Class counts for the package summary: totals and per root (with weight and masks)."""
-        val_by_root = self.val if self.held_out else [None] * len(self.train)
-        return {
-            "train": sum_counts(self.train),
-            "val": sum_counts(self.val),
-            "roots": [
-                {"uri": images.root.uri, "weight": weight, "train": images.class_counts(), "masks": images.masked,
-                 **({"val": val.class_counts()} if val is not None else {})}
-                for images, weight, val in zip(self.train, self.weights, val_by_root)
-            ],
-        }
-
-    def split(self) -> dict | None:
-        """The held-out split as a checkpoint keeps it (None with a separate --val dataset)."""
-        return {"roots": [split_record(t, v) for t, v in zip(self.train, self.val)]} if self.held_out else None
-
-
-def sum_counts(parts: list[LabeledImages]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for images in parts:
-        for name, n in images.class_counts().items():
-            totals[name] = totals.get(name, 0) + n
-    return totals
 
 
 def training_datasets(data: TrainingData, cfg: TrainConfig, decode: str = "cpu") -> dict:

@@ -12,10 +12,8 @@ Normalization For Practical Domain Adaptation", 2016.
 """
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 
 import torch
 import torch.nn.functional as F
@@ -25,20 +23,19 @@ from torch import nn
 
 from cgi2real.core.config import AdaptConfig, from_dict
 from cgi2real.core.errors import InputError
-from cgi2real.formats.checkpoints import TRAIN_STATE_JSON, check_same_settings, checkpoint_file, latest_checkpoint
-from cgi2real.formats.class_folders import scan_image_files
+from cgi2real.formats.checkpoints import TRAIN_STATE_JSON, checkpoint_file
 from cgi2real.formats.package import WEIGHTS_FILE, read_model_package
 from cgi2real.imaging.presets import TrainPreset
 from cgi2real.model.inputs import autocast, to_model
 from cgi2real.model.networks import ModelPackage, arch_of, classifier, num_outputs, package_from_bytes, save_model_package
 from cgi2real.pipelines.datasets import augmented_target_dataset, target_dataset
+from cgi2real.plans.adapt import MIN_IMAGES, AdaptPlan, plan
 from cgi2real.runtime.cluster import check_local_paths, node_cpus, start_ray, use_gpus
 from cgi2real.runtime.progress import RemoteProgress, counted
 from cgi2real.runtime.trainer import Worker, all_reduce_max, all_reduce_sum, fit
-from cgi2real.storage.locations import check_output, locate
+from cgi2real.storage.locations import locate
 
 PRIOR_UNIFORM_SHARE = 0.1  # an estimated prior is blended with uniform: a class the source model misses is not ruled out
-MIN_IMAGES = 64  # statistics of fewer target images are noise
 EPS = 1e-5
 
 
@@ -407,21 +404,17 @@ class AdaptSummary:
         return (self.used + self.bad) / self.seconds if self.seconds else 0.0
 
 
-def run(cfg: AdaptConfig) -> AdaptSummary:
-    """Adapt the package at cfg.model to the images under cfg.data; write the result to cfg.out."""
-    cfg.check()
-    sources = [scan_image_files(uri, cfg.s3_endpoint) for uri in cfg.data]
-    images = sum(len(files) for files in sources)
-    if images < MIN_IMAGES:
-        raise InputError(f"{images} target images under {', '.join(f.root.uri for f in sources)}: adaptation needs at least {MIN_IMAGES}")
-    out = locate(cfg.out, cfg.s3_endpoint)
-    check_output(out, "--out", [("--data", files.root) for files in sources] + [("--model", locate(cfg.model, cfg.s3_endpoint))], "adapted package")
+def run(cfg: AdaptConfig, checked: AdaptPlan | None = None) -> AdaptSummary:
+    """Adapt the package at cfg.model to the images under cfg.data; write the result to cfg.out.
+
+    `checked` is `plans.adapt.plan(cfg)` when the caller has made it already.
+    """
+    checked = checked or plan(cfg)
+    sources, out, storage, name, images = checked.sources, checked.out, checked.storage, checked.name, checked.images
     config, weights = read_model_package(cfg.model, cfg.s3_endpoint)
     package = package_from_bytes(config, weights, locate(cfg.model, cfg.s3_endpoint).uri)  # refuse a bad package here
-    print(f"adapting {package.model_id} ({cfg.method}) to {images} images under {', '.join(f.root.uri for f in sources)}", flush=True)
-    storage, name = shot_run(cfg) if cfg.method == "shot" else (None, None)  # a resumed run's settings are checked before Ray starts
-
-
+    for line in checked.describe():
+        print(line, flush=True)
     start_ray(min_cpus=cfg.workers + 1)
     check_local_paths(
         {f"--data {files.root.uri}": files.paths[0] for files in sources if files.root.scheme == "file"},
@@ -458,17 +451,6 @@ def _adapt_bn(cfg: AdaptConfig, sources, package: ModelPackage, config: dict, we
     return load_safetensors(data), used, bad, streaming
 
 
-def shot_run(cfg: AdaptConfig):
-    """(storage, run name) of a shot adaptation; a run there must have been started with the same settings."""
-    name = cfg.name or datetime.now().strftime("cgi2real-adapt-%Y%m%d-%H%M%S")
-    storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
-    latest = latest_checkpoint(storage.child(name))
-    if latest is not None:
-        check_same_settings(latest, storage.child(name), cfg, RESUMABLE_CHANGES)
-    print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
-    return storage, name
-
-
 def _adapt_shot(cfg: AdaptConfig, storage, name: str, sources, package: ModelPackage, config: dict, weights: bytes, use_gpu: bool) -> tuple[dict, int, int, list]:
     import ray
 
@@ -495,10 +477,6 @@ def _fit_shot(cfg: AdaptConfig, storage, name: str, sources, package: ModelPacka
         max_failures=cfg.max_failures, datasets=datasets, expected=TooFewImages,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # the latest is the result: no labels rank epochs
     )
-
-
-# Settings that may change when an adaptation resumes.
-RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "storage", "name", "max_failures", "s3_endpoint"})
 
 
 def describe_adaptation(adaptation: dict) -> list[str]:

@@ -15,19 +15,22 @@ import torch
 
 from cgi2real.core.config import EvalConfig
 from cgi2real.core.errors import InputError, RunFailed
-from cgi2real.formats.class_folders import LabeledImages, scan_labeled_dataset
+from cgi2real.formats.class_folders import LabeledImages
 from cgi2real.formats.plots import confusion_png, reliability_png
 from cgi2real.imaging.presets import EvalPreset
 from cgi2real.model.inputs import forward
 from cgi2real.model.networks import load_model_package, num_outputs
 from cgi2real.pipelines.batches import load_image_batch
+from cgi2real.plans.evaluate import REPORT_FILE, EvalPlan, plan
+from cgi2real.runtime.progress import Progress
 from cgi2real.storage.locations import first_line, locate
 
 CALIBRATION_BINS = 10  # equal-width confidence bins for ECE and the reliability diagram
 
 
-def labeled_batches(images: LabeledImages, preset, batch_size: int):
-    """Yield {"image", "label", "ok"} torch batches, decoding `batch_size` files at a time in threads."""
+def labeled_batches(images: LabeledImages, preset, batch_size: int, progress: Progress | None = None):
+    """Yield {"image", "label", "ok"} torch batches, decoding `batch_size` files at a time in threads
+    (each counted in `progress`)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(images), batch_size):
             rows = {"path": images.paths[start:start + batch_size], "label": images.labels[start:start + batch_size]}
@@ -37,6 +40,8 @@ def labeled_batches(images: LabeledImages, preset, batch_size: int):
                     f"{int(batch['unavailable'].sum())} images of {images.root.uri} could not be read through every retry "
                     f"(throttling, 5xx, resets or timeouts): an accuracy without them would be off; rerun the same command"
                 )
+            if progress is not None:
+                progress.advance(len(rows["path"]))
             yield {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
@@ -146,15 +151,14 @@ def format_reports(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: EvalConfig) -> dict:
-    """Evaluate cfg.model on each dataset; write report.json and PNGs to cfg.out if given."""
-    cfg.check()
+def run(cfg: EvalConfig, checked: EvalPlan | None = None) -> dict:
+    """Evaluate cfg.model on each dataset; write report.json and PNGs to cfg.out if given.
+
+    `checked` is `plans.evaluate.plan(cfg)` when the caller has made it already.
+    """
+    checked = checked or plan(cfg)
+    datasets, out = checked.datasets, checked.out
     package = load_model_package(cfg.model, cfg.s3_endpoint)
-    datasets = [
-        scan_labeled_dataset(uri, tuple(package.classes), cfg.s3_endpoint, require_every_class=False, classes_from="the model package's classes")
-        for uri in cfg.data
-    ]
-    out = locate(cfg.out, cfg.s3_endpoint) if cfg.out else None
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
     if use_gpu and not torch.cuda.is_available():
         raise InputError("--gpu given but no CUDA GPU is visible")
@@ -162,8 +166,9 @@ def run(cfg: EvalConfig) -> dict:
     geometry = cfg.geometry or package.geometry
     model, preset = package.model.to(device), EvalPreset(package.image_size, geometry)
     reports = {}
-    for name, images in zip(dataset_names(cfg.data), datasets):
-        probs, labels, ok = predict(model, labeled_batches(images, preset, cfg.batch_size), device, package.mean, package.std)
+    with Progress("evaluating", sum(len(images) for images in datasets)) as progress:
+        predictions = [predict(model, labeled_batches(images, preset, cfg.batch_size, progress), device, package.mean, package.std) for images in datasets]
+    for name, images, (probs, labels, ok) in zip(dataset_names(cfg.data), datasets, predictions):
         probs, labels = probs[ok], labels[ok]
         confusion = confusion_matrix(probs, labels, len(package.classes))
         fit = calibration(probs, labels)
@@ -174,7 +179,7 @@ def run(cfg: EvalConfig) -> dict:
     result = {"model": package.model_id, "model_path": locate(cfg.model, cfg.s3_endpoint).uri, "geometry": geometry, "datasets": reports}
     if out:
         try:
-            out.child("report.json").write_bytes(json.dumps(result, indent=2).encode())
+            out.child(REPORT_FILE).write_bytes(json.dumps(result, indent=2).encode())
             for name, report in reports.items():
                 out.child(f"confusion_{_file_safe(name)}.png").write_bytes(confusion_png(report, name))
                 out.child(f"reliability_{_file_safe(name)}.png").write_bytes(reliability_png(report, name))

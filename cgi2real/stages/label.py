@@ -91,6 +91,31 @@ def run(cfg: LabelConfig) -> LabelSummary:
         return _label(cfg, source, package, table)
 
 
+def dry_run(cfg: LabelConfig) -> list[str]:
+    """What `run` would label, checked as it checks it, without Ray or writing anything: the whole
+    source is listed (a large bucket takes its listing time) and set against the table."""
+    cfg.check()
+    source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
+    package = read_package_info(cfg.model, cfg.s3_endpoint)
+    table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
+    check_output(table.folder, "--out", [("SOURCE", source.root)] if source.kind == "listing" else [], "label table")
+    table.check()
+    parts = [] if cfg.overwrite else table.part_files()
+    check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)
+    done = labeled_paths(table.folder.fs, parts)
+    images = todo = 0
+    for rows in source.waves(math.inf):
+        images += rows.num_rows
+        todo += drop_labeled(rows, source.root.scheme, done).num_rows
+    skipped = f" ({source.other_files} other files skipped)" if source.other_files else ""
+    already = f"; {images - todo} in the table already" if images - todo else ""
+    replaced = " (the table there is deleted first: --overwrite)" if cfg.overwrite and table.part_files() else ""
+    return [
+        f"{images} images in {source.uri}{skipped}{already}",
+        f"would label {todo} with {package.model_id} ({package.arch}, {', '.join(package.classes)}) into {table.folder.uri}{replaced}",
+    ]
+
+
 def _label(cfg: LabelConfig, source: Source, package: PackageInfo, table: LabelTable) -> LabelSummary:
     """The run itself, holding the table's lease: what is left to label, through Ray, into the table.
 

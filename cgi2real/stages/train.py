@@ -6,9 +6,7 @@ epochs and stages, and the driver (`run`): check, resume, start Ray, fit, export
 """
 
 import json
-import os
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -16,12 +14,10 @@ from safetensors.torch import load as load_safetensors
 
 from cgi2real.core.archs import get_arch
 from cgi2real.core.classes import composite_pairs
-from cgi2real.core.config import LEGACY_GEOMETRY, TrainConfig, from_dict
+from cgi2real.core.config import TrainConfig, from_dict
 from cgi2real.core.errors import InputError, RunFailed
-from cgi2real.formats.checkpoints import SPLIT_JSON, TRAIN_STATE_JSON, check_same_settings, checkpoint_file, latest_result, read_checkpoint_json
-from cgi2real.formats.class_folders import reuse_split, scan_labeled_dataset, stratified_split
-from cgi2real.formats.label_table import pseudo_labeled_images
-from cgi2real.formats.package import WEIGHTS_FILE, read_package_info
+from cgi2real.formats.checkpoints import SPLIT_JSON, TRAIN_STATE_JSON, checkpoint_file
+from cgi2real.formats.package import WEIGHTS_FILE
 from cgi2real.imaging.gpu_eval import DevicePreset
 from cgi2real.imaging.gpu_train import DeviceTrainPreset
 from cgi2real.imaging.presets import EvalPreset
@@ -31,18 +27,18 @@ from cgi2real.model.training import (
     MaskedCrossEntropy,
     UnreadableImages,
     check_readable,
-    class_weights,
     epoch_metrics,
     evaluate,
     format_epoch,
     make_optimizer,
     train_one_epoch,
 )
-from cgi2real.pipelines.datasets import TrainingData, sum_counts, train_preset, training_datasets
+from cgi2real.pipelines.datasets import train_preset, training_datasets
+from cgi2real.plans.train import TrainPlan, plan
 from cgi2real.runtime.cluster import check_local_paths, start_ray, use_gpus
 from cgi2real.runtime.progress import RemoteProgress, counted
 from cgi2real.runtime.trainer import Worker, all_reduce_max, all_reduce_sum, fit
-from cgi2real.storage.locations import check_output, locate
+from cgi2real.storage.locations import locate
 
 # --- The Ray Train worker ----------------------------------------------------------------------
 
@@ -137,90 +133,28 @@ class TrainSummary:
     history: list[dict]
 
 
-def prepare_inputs(cfg: TrainConfig, split: dict | None = None) -> TrainingData:
-    """Validate everything cheap before starting Ray: settings, datasets, split, weights, --out.
+def run(cfg: TrainConfig, checked: TrainPlan | None = None) -> TrainSummary:
+    """Train on Ray Train and write the best-by-validation weights as a model package to cfg.out.
 
-    `split` is a resumed run's held-out split (`TrainingData.split`): its validation files stay
-    held out, files added since go to training only, and a validation file that is gone is refused.
+    `checked` is `plans.train.plan(cfg)` when the caller has made it already (the CLI, to answer
+    bad input before importing this module).
     """
-    cfg.check()
-    weights = list(cfg.data_weights) if cfg.data_weights else [1.0] * len(cfg.data)
-    if len(weights) != len(cfg.data) or min(weights) < 0 or max(weights) <= 0:
-        raise InputError(
-            f"--data-weights needs one weight >= 0 per --data root ({len(cfg.data)}), not all 0; got {','.join(map(str, weights))}"
-        )
-    roots = [scan_labeled_dataset(uri, cfg.classes, cfg.s3_endpoint, require_every_class=False) for uri in cfg.data]
-    pseudo = [pseudo_labeled_images(cfg.pseudo_labels, cfg.classes, cfg.min_confidence, cfg.s3_endpoint)] if cfg.pseudo_labels else []
-    notes = []
-    if cfg.val:
-        data = TrainingData(roots + pseudo, [scan_labeled_dataset(cfg.val, cfg.classes, cfg.s3_endpoint, require_every_class=False)], weights + [1.0] * len(pseudo), held_out=False)
-    elif split is not None:
-        kept = [reuse_split(images, record) for images, record in zip(roots + pseudo, split["roots"])]
-        new, gone = sum(k.new for k in kept), sum(k.gone for k in kept)
-        notes.append(f"kept the run's validation split ({sum(len(k.val) for k in kept)} images)")
-        if new:
-            notes.append(f"{new} file(s) added since the run started go to training only")
-        if gone:
-            notes.append(f"{gone} training file(s) of the run are gone")
-        data = TrainingData([k.train for k in kept], [k.val for k in kept], weights + [1.0] * len(pseudo), notes=notes)
-    else:
-        # pseudo-labels train only: accuracy on a model's own labels would say nothing
-        splits = [stratified_split(images, cfg.val_fraction, cfg.seed) for images in roots] + [(images, images.subset([])) for images in pseudo]
-        data = TrainingData([t for t, _ in splits], [v for _, v in splits], weights + [1.0] * len(pseudo))
-    drawn = data.per_epoch()
-    missing = [name for name, n in drawn.items() if n == 0]
-    if missing:
-        found = "; ".join(f"{images.root.uri}: {_counts_text(images.class_counts())}" for images in roots)
-        raise InputError(f"no images of class {', '.join(missing)} in the training data ({found}); pass --classes to train on other classes")
-    if sum(drawn.values()) < cfg.batch_size * cfg.workers:
-        raise InputError(
-            f"{round(sum(drawn.values()))} training images per epoch are fewer than --batch-size {cfg.batch_size} x --workers {cfg.workers}: "
-            "lower them or add images"
-        )
-    if sum(len(v) for v in data.val) == 0:
-        raise InputError(f"no validation images: give --val DIR or more images per class than {max(sum_counts(roots).values())}")
-    inputs = [("DATA", images.root) for images in roots] + [("--val", v.root) for v in data.val if cfg.val]
-    if cfg.pseudo_labels:
-        inputs.append(("--pseudo-labels", locate(cfg.pseudo_labels, cfg.s3_endpoint)))
-    check_output(locate(cfg.out, cfg.s3_endpoint), "--out", inputs, "model package")
-    return data
-
-
-def run(cfg: TrainConfig) -> TrainSummary:
-    """Train on Ray Train and write the best-by-validation weights as a model package to cfg.out."""
     import ray
     import ray.data
     import ray.train
 
-    cfg = resolve_start(cfg)
-    cfg.check()
-    name = cfg.name or datetime.now().strftime("cgi2real-%Y%m%d-%H%M%S")
-    storage = locate(cfg.storage or os.path.join(os.path.expanduser("~"), "ray_results"), cfg.s3_endpoint)
-    cfg = replace(cfg, name=name, storage=storage.uri)  # what a rerun needs to resume or export this run
-    so_far = latest_result(storage.child(name))
-    latest = so_far.checkpoint if so_far is not None else None
-    state = check_resumable(latest, storage.child(name), cfg) if latest is not None else None
-    data = prepare_inputs(cfg, read_checkpoint_json(latest, SPLIT_JSON) if latest is not None else None)
+    checked = checked or plan(cfg)
+    cfg, storage, data, name = checked.cfg, checked.storage, checked.data, checked.cfg.name
     start_config, start_bytes = read_starting_weights(cfg.weights, cfg.s3_endpoint, cfg.arch)  # fails fast, with the message
-    counts = data.counts()
-    drawn = {c: round(n) for c, n in data.per_epoch().items()}
-    pasted = {c: round(n) for c, n in data.per_epoch(cfg.paste_prob).items()}
-    weights = class_weights(pasted, cfg.class_weight_power)
-    for root in counts["roots"]:
-        masks = f", {root['masks']} with masks" if root["masks"] else ""
-        print(f"  {root['uri']}: {_counts_text(root['train'])}{masks}; drawn x{root['weight']:g} per epoch")
-    after = f"; after pasting about {_counts_text(pasted)}" if pasted != drawn else ""
-    print(f"training on {sum(drawn.values())} images per epoch ({_counts_text(drawn)}{after}), validating on {sum(counts['val'].values())}")
-    print(f"run {name!r} in {storage.uri}: rerun with --storage {storage.uri} --name {name} to resume", flush=True)
-    for note in data.notes:
-        print(f"resuming: {note}")
-    if state is not None and state["epoch"] + 1 >= cfg.epochs and "device" in state:
-        # Nothing left to train: no Ray Train start-up (about 15 s on 2 cores) to be told so.
-        print(f"run {name!r} finished all {cfg.epochs} epochs already: its best checkpoint becomes the package", flush=True)
-        return export_best(so_far, cfg, counts, weights, state["device"] == "cuda", state["decode"])
+    counts, weights = data.counts(), checked.class_weights()
+    drawn = checked.drawn()
+    for line in checked.describe():
+        print(line, flush=True)
+    if checked.finished:  # nothing left to train: no Ray Train start-up (about 15 s on 2 cores) to be told so
+        return export_best(checked.so_far, cfg, counts, weights, checked.state["device"] == "cuda", checked.state["decode"])
 
     start_ray(min_cpus=cfg.workers + 1)  # a CPU beyond the workers' for decoding
-    inputs = [("DATA", images) for images in data.train] + ([("--val", data.val[0])] if cfg.val else [])
+    inputs = [("--data", images) for images in data.train] + ([("--val", data.val[0])] if cfg.val else [])
     check_local_paths(
         {f"{option} {images.root.uri}": images.paths[0] for option, images in inputs if images.root.scheme == "file" and images.paths},
         {"--out": locate(cfg.out, cfg.s3_endpoint), "--storage": storage},
@@ -236,16 +170,6 @@ def run(cfg: TrainConfig) -> TrainSummary:
             "progress": progress.reporter(), "per_epoch": per_epoch, "decode": decode,
         })
     return export_best(result, cfg, counts, weights, use_gpu, decode)
-
-
-def resolve_start(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with the arch (and its defaults) of the package it starts from, if it starts from one."""
-    if cfg.weights in ("imagenet", "none"):
-        return cfg
-    if not locate(cfg.weights, cfg.s3_endpoint).exists():
-        raise InputError(f"--weights {cfg.weights!r}: expected imagenet, none or a model package folder (there is none at that path)")
-    info = read_package_info(cfg.weights, cfg.s3_endpoint)
-    return cfg.for_package(info.arch, info.image_size)
 
 
 def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, loop_config: dict):
@@ -287,17 +211,6 @@ def checkpoint_config():
     return ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max")
 
 
-# Settings that may change when a run resumes; any other difference would corrupt it.
-RESUMABLE_CHANGES = frozenset({"out", "workers", "use_gpu", "decode", "storage", "name", "max_failures", "max_unreadable", "s3_endpoint"})
-# What a run checkpointed before a setting existed did instead (compared when resuming it).
-LEGACY_SETTINGS = {"geometry": LEGACY_GEOMETRY, "pseudo_labels": None, "min_confidence": 0.9, "arch": "inception_v3", "class_weight_power": 1.0, "freeze_bn": False}
-
-
-def check_resumable(latest, run_folder, cfg: TrainConfig) -> dict:
-    """Refuse to resume a run whose latest checkpoint was made with other training settings; return its train state."""
-    return check_same_settings(latest, run_folder, cfg, RESUMABLE_CHANGES, LEGACY_SETTINGS)
-
-
 def pick_best(result) -> tuple:
     """(checkpoint, metrics) of the best epoch by validation accuracy, ties to the lower loss, among those Ray kept."""
     return max(result.best_checkpoints, key=lambda cm: (cm[1]["val_acc"], -cm[1]["val_loss"]))
@@ -325,7 +238,3 @@ def export_best(result, cfg: TrainConfig, counts: dict, weights: dict, use_gpu: 
     except InputError as e:  # the run is done and kept: exporting it again costs no training
         raise RunFailed(f"{e}; the finished run is kept: rerun with --storage {cfg.storage} --name {cfg.name} and another --out to export it") from None
     return TrainSummary(locate(cfg.out, cfg.s3_endpoint).uri, str(result.path), best["epoch"], best, history)
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {name}" for name, n in counts.items())

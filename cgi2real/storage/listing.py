@@ -143,11 +143,12 @@ class Source:
     def waves(self, head_start: float) -> Iterator[pa.Table]:
         """The rows to label, in waves: a manifest's (or one file's) at once; a folder's first those
         listed within `head_start` seconds (all of them if the listing ends first), then each time
-        what was listed meanwhile, at least twice the last wave (or the rest)."""
+        what was listed meanwhile, at least twice the last wave (or the rest); `head_start` inf: all
+        of them at once."""
         if self.listing is None:
             yield self.take_rows()
             return
-        wave = self.listing.take(math.inf, time.monotonic() + head_start)
+        wave = self.listing.take(math.inf, None if head_start == math.inf else time.monotonic() + head_start)
         while wave is not None:
             size = wave.num_rows
             yield wave

@@ -228,15 +228,30 @@ def check_bucket(location: Location, option: str) -> None:
         raise InputError(f"bucket of {option} {location.uri} does not exist")
 
 
-def check_output(out: Location, option: str, inputs: list[tuple[str, Location]], what: str) -> None:
+def check_output(out: Location, option: str, inputs: list[tuple[str, Location]], what: str, markers: tuple[str, ...] = (), overwrite: bool = False) -> None:
     """Refuse an output before any work: a file where the folder for `what` is meant, a folder that is
-    one of the `inputs` (named as the user gave them) or inside one, an S3 bucket that does not exist."""
+    one of the `inputs` (named as the user gave them) or inside one, an S3 bucket that does not exist.
+
+    With `markers` (the files that say a folder holds a `what`: a package's config.json and
+    model.safetensors), a folder that holds one already is replaced only with `overwrite`, and one that holds other files never.
+    """
     check_bucket(out, option)
-    if out.info().type == pafs.FileType.File:
+    kind = out.info().type
+    if kind == pafs.FileType.File:
         raise InputError(f"{option} {out.uri} is a file; give a folder for the {what}")
     for name, place in inputs:
         if place.scheme == out.scheme and _within(out, place):
             raise InputError(f"{option} {out.uri} is inside {name} {place.uri}: the {what} would be written among the inputs; give another folder")
+    if not markers or kind != pafs.FileType.Directory:
+        return
+    a = "an" if what[0] in "aeiou" else "a"
+    if any(out.child(name).exists() for name in markers):
+        if not overwrite:
+            raise InputError(f"{option} {out.uri} holds {a} {what} already; pass --overwrite to replace it, or give another folder")
+        return
+    other = next(iter(out.fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True))), None)
+    if other is not None:
+        raise InputError(f"{option} {out.uri} holds other files (e.g. {out.uri_of(other.path)}), not {a} {what}; give a new or empty folder")
 
 
 def _within(inner: Location, outer: Location) -> bool:

@@ -79,7 +79,7 @@ def test_local_paths_that_a_node_cannot_see_are_refused(blind_cluster, image_roo
     assert not any(name.startswith("part-") for name in os.listdir(tmp_path / "labels"))  # no "file not found" rows
     cfg = TrainConfig(data=(images,), out=str(tmp_path / "model"), weights="none", image_size=80, batch_size=4, epochs_head=1, epochs_finetune=0,
                       storage=str(tmp_path / "runs"))
-    with pytest.raises(InputError, match=f"DATA {images} is a local path that node"):
+    with pytest.raises(InputError, match=f"--data {images} is a local path that node"):
         training.run(cfg)
     with pytest.raises(InputError, match="--out is a local path that node"):
         dataset.run(SynthConfig(out=str(tmp_path / "renders"), per_class=1, size=64))

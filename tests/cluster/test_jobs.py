@@ -102,6 +102,8 @@ def test_a_failing_job_exits_1_with_its_error_in_the_log(ray_head, tmp_path):
 
 
 def test_submit_refuses_what_it_cannot_run(ray_head):
-    assert "choose one of train, adapt, label, synth" in submit("--address", ray_head, "evaluate").stderr
-    unreachable = submit("--address", "http://127.0.0.1:9", "label", "x")
+    assert "COMMAND 'evaluate': expected one of train, adapt, label, synth" in submit("--address", ray_head, "evaluate").stderr
+    incomplete = submit("--address", ray_head, "label", "x")  # checked here, never submitted
+    assert incomplete.exit_code == 2 and "Missing option '--model'" in incomplete.stderr
+    unreachable = submit("--address", "http://127.0.0.1:9", "label", "x", "--model", "m", "--out", "o")
     assert unreachable.exit_code == 2 and "cannot submit to the Ray Jobs API" in unreachable.stderr

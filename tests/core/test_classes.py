@@ -1,8 +1,8 @@
-"""Class names: aliases of folder names, --classes lists, image extensions."""
+"""Class names: aliases of folder names, --classes lists, image extensions; the loss's class weights."""
 
 import pytest
 
-from cgi2real.core.classes import DEFAULT_CLASSES, class_for_folder, is_image_name, parse_classes
+from cgi2real.core.classes import DEFAULT_CLASSES, class_for_folder, class_weights, is_image_name, parse_classes
 from cgi2real.core.errors import InputError
 
 
@@ -27,3 +27,18 @@ def test_parse_classes_accepts_any_names_and_rejects_bad_lists():
 def test_image_extensions():
     assert all(is_image_name(n) for n in ("a.JPG", "b.jpeg", "c.Png", "d.webp", "e.bmp", "f.GIF"))
     assert not any(is_image_name(n) for n in ("a.txt", "b", ".jpg.txt", "c.tiff"))
+
+
+def test_class_weights_balance_the_loss():
+    weights = class_weights({"both": 117, "horse": 50, "human": 1103})
+    assert weights["horse"] > weights["both"] > weights["human"]
+    # each class contributes the same total weight: n_c * w_c == n / k
+    assert {round(n * weights[c], 6) for c, n in {"both": 117, "horse": 50, "human": 1103}.items()} == {round(1270 / 3, 6)}
+
+
+def test_class_weights_at_power_half_are_the_square_roots():
+    counts = {"both": 29, "horse": 463, "human": 487}
+    full, half = class_weights(counts), class_weights(counts, 0.5)
+    assert all(abs(half[c] - full[c] ** 0.5) < 1e-12 for c in counts)
+    assert half["both"] < full["both"] and half["horse"] > full["horse"]  # gentler on the rare class, both ways
+    assert class_weights(counts, 0.0) == {c: 1.0 for c in counts}

@@ -20,6 +20,7 @@ from cgi2real.core.config import (
     between,
     choose,
 )
+from cgi2real.core.classes import parse_classes
 from cgi2real.core.errors import InputError
 
 
@@ -88,3 +89,21 @@ def test_each_config_refuses_an_out_of_range_setting_with_its_flag_and_value(cfg
         cfg.check()
     defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING and getattr(cfg, f.name) != f.default}
     replace(cfg, **defaults).check()  # the same config with its settings at their defaults passes (arch defaults refilled)
+
+
+def test_weights_none_trains_every_block_by_default():
+    for arch in ARCHS.values():
+        scratch = TrainConfig(data=("d",), out="o", weights="none", arch=arch.name)
+        assert (scratch.epochs_head, scratch.unfreeze_from) == (0, arch.blocks[0])
+        assert scratch.epochs == arch.epochs_head + arch.epochs_finetune and scratch.lr_finetune == arch.lr_head
+        scratch.check()
+    kept = TrainConfig(data=("d",), out="o", weights="none", epochs_head=2, unfreeze_from="Mixed_6a")  # what is given stays
+    assert (kept.epochs_head, kept.unfreeze_from) == (2, "Mixed_6a")
+    pretrained = TrainConfig(data=("d",), out="o", weights="imagenet")
+    assert (pretrained.epochs_head, pretrained.unfreeze_from) == (ARCHS["inception_v3"].epochs_head, "Mixed_6a")
+
+
+def test_the_renderer_takes_one_class():
+    SynthConfig(out="o", per_class=1, classes=parse_classes("horse", least=1)).check()
+    with pytest.raises(InputError, match="--classes 'horse': expected at least 2"):
+        parse_classes("horse")

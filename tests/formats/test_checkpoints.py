@@ -48,7 +48,7 @@ def test_a_run_checkpointed_before_geometry_existed_resumes_as_the_center_crop_i
 
     import ray.train
 
-    from cgi2real.stages.train import check_resumable
+    from cgi2real.plans.train import check_resumable
 
     cfg = TrainConfig(data=("/data",), out="/pkg", weights="none", image_size=80)
     old = {k: v for k, v in asdict(cfg).items() if k not in ("geometry", "max_unreadable")}  # as an older cgi2real stored it

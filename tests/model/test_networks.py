@@ -198,7 +198,7 @@ def test_lite_stage_parameter_counts():
     assert not model.blocks[5][0].bn1.training and model.blocks[6][0].bn1.training  # frozen BatchNorm keeps its statistics
     set_train_mode(model, freeze_bn=True)  # every BatchNorm keeps ImageNet's statistics; the rest trains
     assert not model.blocks[6][0].bn1.training and model.blocks[6][0].training and model.training
-    with pytest.raises(InputError, match=r"no block 'Mixed_6a'.*conv_stem, bn1, blocks\.0"):
+    with pytest.raises(InputError, match=r"--unfreeze-from 'Mixed_6a'.*conv_stem, bn1, blocks\.0"):
         set_trainable(model, "finetune", "Mixed_6a")
 
 

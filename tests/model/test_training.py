@@ -13,7 +13,6 @@ from cgi2real.model.training import (
     UnreadableImages,
     check_readable,
     checkpoint_score,
-    class_weights,
     evaluate,
     make_optimizer,
     train_one_epoch,
@@ -108,18 +107,3 @@ def test_an_epoch_with_too_many_unreadable_images_stops_the_run():
     check_readable(EpochStats(3, n=95, bad=5), "training", 1, 0.05)  # 5 %: skipped and counted
     with pytest.raises(UnreadableImages, match="6 of 100 validation images of epoch 2 could not be read"):
         check_readable(EpochStats(3, n=94, bad=6), "validation", 2, 0.05)
-
-
-def test_class_weights_balance_the_loss():
-    weights = class_weights({"both": 117, "horse": 50, "human": 1103})
-    assert weights["horse"] > weights["both"] > weights["human"]
-    # each class contributes the same total weight: n_c * w_c == n / k
-    assert {round(n * weights[c], 6) for c, n in {"both": 117, "horse": 50, "human": 1103}.items()} == {round(1270 / 3, 6)}
-
-
-def test_class_weights_at_power_half_are_the_square_roots():
-    counts = {"both": 29, "horse": 463, "human": 487}
-    full, half = class_weights(counts), class_weights(counts, 0.5)
-    assert all(abs(half[c] - full[c] ** 0.5) < 1e-12 for c in counts)
-    assert half["both"] < full["both"] and half["horse"] > full["horse"]  # gentler on the rare class, both ways
-    assert class_weights(counts, 0.0) == {c: 1.0 for c in counts}

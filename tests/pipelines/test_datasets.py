@@ -1,48 +1,15 @@
 """What training streams: roots with sampling weights, classes a root may lack, and the loss weights that follow the pasting."""
 
-import os
 
 import numpy as np
 import pytest
 
 from cgi2real.core.classes import DEFAULT_CLASSES, composite_pairs
-from cgi2real.core.config import TrainConfig
-from cgi2real.core.errors import InputError
-from cgi2real.formats.class_folders import LabeledImages
+from cgi2real.formats.class_folders import PASTE_BATCH, LabeledImages, TrainingData
 from cgi2real.imaging.presets import paste_figures
 from cgi2real.pipelines.batches import draw_rows
-from cgi2real.pipelines.datasets import PASTE_BATCH, TrainingData, file_rows
-from cgi2real.stages.train import prepare_inputs
+from cgi2real.pipelines.datasets import file_rows
 from cgi2real.storage.locations import locate
-
-
-def test_several_roots_weights_and_per_root_counts(image_root, tmp_path):
-    synth, other = image_root(10, 80), image_root(5, 80, seed=4)
-    cfg = TrainConfig(data=(synth, other), data_weights=(1.0, 0.4), out=str(tmp_path / "pkg"), weights="none", image_size=80, batch_size=4)
-    data = prepare_inputs(cfg)
-    assert data.per_epoch() == {"both": pytest.approx(8 + 0.4 * 4), "horse": pytest.approx(9.6), "human": pytest.approx(9.6)}
-    counts = data.counts()
-    assert counts["train"] == {"both": 12, "horse": 12, "human": 12} and counts["val"] == {"both": 3, "horse": 3, "human": 3}
-    assert [r["weight"] for r in counts["roots"]] == [1.0, 0.4]
-    assert counts["roots"][1]["train"] == {"both": 4, "horse": 4, "human": 4} and counts["roots"][1]["masks"] == 12
-    for weights, message in [((1.0,), "one weight >= 0 per --data root"), ((0.0, 0.0), "not all 0"), ((1.0, -1.0), "one weight")]:
-        with pytest.raises(InputError, match=message):
-            prepare_inputs(TrainConfig(data=(synth, other), data_weights=weights, out=str(tmp_path / "p"), weights="none", image_size=80))
-    with pytest.raises(InputError, match=r"--paste-prob 2: expected between 0 and 1"):
-        prepare_inputs(TrainConfig(data=(synth,), out=str(tmp_path / "p"), weights="none", image_size=80, paste_prob=2))
-
-
-def test_a_root_may_lack_a_class_that_another_root_has(image_root, tmp_path):
-    full = image_root(6, 80)
-    no_both = tmp_path / "no_both"
-    for name in ("horse", "human"):
-        os.makedirs(no_both / name)
-        for f in os.listdir(os.path.join(full, name)):
-            os.link(os.path.join(full, name, f), no_both / name / f)
-    data = prepare_inputs(TrainConfig(data=(str(no_both), full), out=str(tmp_path / "pkg"), weights="none", image_size=80, batch_size=4))
-    assert data.counts()["roots"][0]["train"]["both"] == 0
-    with pytest.raises(InputError, match="no images of class both in the training data"):
-        prepare_inputs(TrainConfig(data=(str(no_both),), out=str(tmp_path / "pkg"), weights="none", image_size=80))
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,12 @@ import pytest
 
 from cgi2real.core.config import TrainConfig
 from cgi2real.formats.checkpoints import SPLIT_JSON
-from cgi2real.formats.class_folders import scan_labeled_dataset
+from cgi2real.formats.class_folders import PASTE_BATCH, scan_labeled_dataset
 from cgi2real.model.networks import load_model_package
 from cgi2real.model.training import checkpoint_score
-from cgi2real.pipelines.datasets import PASTE_BATCH, training_datasets, training_rows
-from cgi2real.stages.train import checkpoint_config, pick_best, prepare_inputs
+from cgi2real.pipelines.datasets import training_datasets, training_rows
+from cgi2real.plans.train import prepare_inputs
+from cgi2real.stages.train import checkpoint_config, pick_best
 from tests.conftest import invoke, kill_after_checkpoint, upload_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -36,8 +37,8 @@ def trained(ray_cluster, image_root, tmp_path_factory, s3_client, s3_endpoint):
     tmp = tmp_path_factory.mktemp("trained")
     s3_client.create_bucket(Bucket=TRAINED_BUCKET)
     upload_folder(s3_client, image_root(6, 96, seed=3), TRAINED_BUCKET, "small")
-    out = invoke("train", image_root(24, 96), f"s3://{TRAINED_BUCKET}/small", "--data-weights", "1,0.5", "--out", tmp / "pkg", *SMALL,
-                 "--epochs-head", 1, "--epochs-finetune", 1, "--workers", 2, "--storage", f"s3://{TRAINED_BUCKET}/runs", "--name", "two-workers",
+    out = invoke("train", image_root(24, 96), f"s3://{TRAINED_BUCKET}/small", "--repeats", "1,0.5", "--out", tmp / "pkg", *SMALL,
+                 "--epochs-head", 1, "--epochs-finetune", 1, "--unfreeze-from", "Mixed_7a", "--workers", 2, "--storage", f"s3://{TRAINED_BUCKET}/runs", "--name", "two-workers",
                  "--decode", "device", "--s3-endpoint", s3_endpoint).output
     return tmp, out
 
