@@ -76,6 +76,10 @@ RUNS = [
     Run("lite0-all", "Lite0, hoh + seed + renders, as `lite0`", "efficientnet_lite0", ("hoh", "seed", "renders"), PHOTO),
     Run("lite0-all-ft6-bn", "Lite0, hoh + seed + renders, as `lite0-ft6-bn`", "efficientnet_lite0", ("hoh", "seed", "renders"),
         {**PHOTO, **FT6, "freeze_bn": True}),
+    Run("lite0-renders-plain-ft6-bn", "Lite0, renders only, the default recipe + 2 epochs fine-tuning blocks.6 on at 1e-5 (`--freeze-bn`)",
+        "efficientnet_lite0", ("renders",), {**PLAIN, **FT6, "freeze_bn": True}),
+    Run("lite0-all-plain-ft6-bn", "Lite0, hoh + seed + renders, as `lite0-renders-plain-ft6-bn`", "efficientnet_lite0", ("hoh", "seed", "renders"),
+        {**PLAIN, **FT6, "freeze_bn": True}),
     Run("lite2", "Lite2 (260 px), the default recipe", "efficientnet_lite2", ("hoh", "seed"), PLAIN),
     Run("lite2-all", "Lite2 (260 px), hoh + seed + renders, the default recipe", "efficientnet_lite2", ("hoh", "seed", "renders"), PLAIN),
 ]
