@@ -81,8 +81,9 @@ class _GroupedCommand(TyperCommand):
                 kind = "Arguments" if param.param_type_name == "argument" else getattr(param, "rich_help_panel", None) or "Options"
                 groups.setdefault(kind, []).append(record)
         ungrouped = groups.pop("Options", [])
+        named = [title for title in groups if title != "Arguments"]
         if ungrouped:  # after the named groups: output, run, cluster, help
-            groups["Output and run" if len(groups) > ("Arguments" in groups) else "Options"] = ungrouped
+            groups["Output and run" if named else "Options"] = ungrouped
         for title, records in groups.items():
             with formatter.section(title):
                 formatter.write_dl(records)
@@ -205,6 +206,20 @@ def _options_only(cfg) -> bool:
     return True
 
 
+def _planned(cfg, make_plan, dry_run: bool, address: str | None = None):
+    """The command's checked plan (`plans`), or None where the command stops at it: under `submit`
+    (its settings checked alone) or with --dry-run (the plan's `preview()` printed). A command that
+    goes on joins --address's cluster."""
+    if _options_only(cfg):
+        return None
+    checked = make_plan(cfg)
+    if dry_run:
+        _say_dry_run(checked.preview())
+        return None
+    _join(address)
+    return checked
+
+
 def _say_dry_run(lines: list[str]) -> None:
     for line in lines:
         typer.echo(line)
@@ -217,11 +232,9 @@ def _join(address: str | None) -> None:
         os.environ["RAY_ADDRESS"] = address
 
 
-@contextlib.contextmanager
 def _json_out(wanted: bool):
     """With --json, what the run prints goes to stderr: stdout carries the JSON alone."""
-    with contextlib.redirect_stdout(sys.stderr) if wanted else contextlib.nullcontext():
-        yield
+    return contextlib.redirect_stdout(sys.stderr) if wanted else contextlib.nullcontext()
 
 
 def _echo_json(value) -> None:
@@ -288,12 +301,9 @@ def train(
         max_failures=max_failures, max_unreadable=max_unreadable, decode=decode, seed=seed, pseudo_labels=pseudo_labels, min_confidence=min_confidence,
         s3_endpoint=s3_endpoint,
     )
-    if _options_only(cfg):
-        return None
-    checked = plan(cfg)
-    if dry_run:
-        return _say_dry_run([*checked.describe(), checked.recipe()])
-    _join(address)
+    checked = _planned(cfg, plan, dry_run, address)
+    if checked is None:
+        return
     from cgi2real.stages import train as training
 
     summary = training.run(cfg, checked)
@@ -335,12 +345,9 @@ def adapt(
             diversity=diversity, pseudo_weight=pseudo_weight, prior=prior, workers=workers, use_gpu=gpu, storage=storage, name=name, seed=seed,
             s3_endpoint=s3_endpoint,
     )
-    if _options_only(cfg):
-        return None
-    checked = plan(cfg)
-    if dry_run:
-        return _say_dry_run(checked.describe())
-    _join(address)
+    checked = _planned(cfg, plan, dry_run, address)
+    if checked is None:
+        return
     from cgi2real.stages import adapt as adaptation
 
     summary = adaptation.run(cfg, checked)
@@ -371,9 +378,9 @@ def evaluate(
         model=model, data=tuple(data), out=out, overwrite=overwrite, batch_size=batch_size, abstain_below=abstain_below, geometry=geometry, use_gpu=gpu,
         s3_endpoint=s3_endpoint,
     )
-    checked = plan(cfg)
-    if dry_run:
-        return _say_dry_run(checked.describe())
+    checked = _planned(cfg, plan, dry_run)
+    if checked is None:
+        return
     from cgi2real.stages import evaluate as evaluation
 
     with _json_out(json_out):

@@ -30,6 +30,10 @@ class AdaptPlan:
     def images(self) -> int:
         return sum(len(files) for files in self.sources)
 
+    def preview(self) -> list[str]:
+        """--dry-run's lines."""
+        return self.describe()
+
     def describe(self) -> list[str]:
         """What is adapted, to what, and where it goes: printed at the start and by --dry-run."""
         sources = ", ".join(f.root.uri for f in self.sources)

@@ -22,6 +22,10 @@ class EvalPlan:
     def geometry(self) -> str:
         return self.cfg.geometry or self.package.geometry
 
+    def preview(self) -> list[str]:
+        """--dry-run's lines."""
+        return self.describe()
+
     def describe(self) -> list[str]:
         """What is measured on what (--dry-run)."""
         lines = [f"evaluating {self.package.model_id} ({locate(self.cfg.model, self.cfg.s3_endpoint).uri}), geometry {self.geometry}, on:"]

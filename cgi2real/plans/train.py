@@ -57,8 +57,12 @@ class TrainPlan:
             lines.append(f"run {cfg.name!r} finished all {cfg.epochs} epochs already: its best checkpoint becomes the package")
         return lines
 
+    def preview(self) -> list[str]:
+        """--dry-run's lines: what `describe` says at the start, and the network and its stages."""
+        return [*self.describe(), self.recipe()]
+
     def recipe(self) -> str:
-        """The network and its stages, one line (--dry-run)."""
+        """The network and its stages, one line."""
         cfg = self.cfg
         stages = [f"the head {cfg.epochs_head} epoch(s) at lr {cfg.lr_head:g}"] if cfg.epochs_head else []
         if cfg.epochs_finetune:

@@ -163,7 +163,7 @@ def run(cfg: EvalConfig, checked: EvalPlan | None = None) -> dict:
     if use_gpu and not torch.cuda.is_available():
         raise InputError("--gpu given but no CUDA GPU is visible")
     device = torch.device("cuda" if use_gpu else "cpu")
-    geometry = cfg.geometry or package.geometry
+    geometry = checked.geometry
     model, preset = package.model.to(device), EvalPreset(package.image_size, geometry)
     reports = {}
     with Progress("evaluating", sum(len(images) for images in datasets)) as progress:

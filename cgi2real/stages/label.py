@@ -79,28 +79,31 @@ def run(cfg: LabelConfig) -> LabelSummary:
     `summary.unavailable` counts the images that could not be read for a transient reason: they
     have no row, and rerunning the same command labels exactly them.
     """
-    cfg.check()
-    source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
-    package = read_package_info(cfg.model, cfg.s3_endpoint)  # its weights are checked once Ray runs (checked_weights_ref)
-    table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
-    check_output(table.folder, "--out", [("SOURCE", source.root)] if source.kind == "listing" else [], "label table")
-    table.check()
+    source, package, table = _opened(cfg)
     with TableLease(table.folder, table.run_id, cfg.force) as lease:
         table.lease = lease
         table.prepare(cfg.overwrite)
         return _label(cfg, source, package, table)
 
 
-def dry_run(cfg: LabelConfig) -> list[str]:
-    """What `run` would label, checked as it checks it, without Ray or writing anything: the whole
-    source is listed (a large bucket takes its listing time) and set against the table."""
+def _opened(cfg: LabelConfig) -> tuple[Source, PackageInfo, LabelTable]:
+    """The settings, the source (its listing started), the package's config (its weights are checked
+    once Ray runs: checked_weights_ref) and the table's folder, checked before anything is written."""
     cfg.check()
     source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
     package = read_package_info(cfg.model, cfg.s3_endpoint)
     table = LabelTable(locate(cfg.out, cfg.s3_endpoint))
     check_output(table.folder, "--out", [("SOURCE", source.root)] if source.kind == "listing" else [], "label table")
     table.check()
-    parts = [] if cfg.overwrite else table.part_files()
+    return source, package, table
+
+
+def dry_run(cfg: LabelConfig) -> list[str]:
+    """What `run` would label, checked as it checks it, without Ray or writing anything: the whole
+    source is listed (a large bucket takes its listing time) and set against the table."""
+    source, package, table = _opened(cfg)
+    existing = table.part_files()
+    parts = [] if cfg.overwrite else existing
     check_same_model(table, parts, package.classes, package.model_id, cfg.abstain_below)
     done = labeled_paths(table.folder.fs, parts)
     images = todo = 0
@@ -109,7 +112,7 @@ def dry_run(cfg: LabelConfig) -> list[str]:
         todo += drop_labeled(rows, source.root.scheme, done).num_rows
     skipped = f" ({source.other_files} other files skipped)" if source.other_files else ""
     already = f"; {images - todo} in the table already" if images - todo else ""
-    replaced = " (the table there is deleted first: --overwrite)" if cfg.overwrite and table.part_files() else ""
+    replaced = " (the table there is deleted first: --overwrite)" if cfg.overwrite and existing else ""
     return [
         f"{images} images in {source.uri}{skipped}{already}",
         f"would label {todo} with {package.model_id} ({package.arch}, {', '.join(package.classes)}) into {table.folder.uri}{replaced}",

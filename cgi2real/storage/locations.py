@@ -245,13 +245,13 @@ def check_output(out: Location, option: str, inputs: list[tuple[str, Location]],
     if not markers or kind != pafs.FileType.Directory:
         return
     a = "an" if what[0] in "aeiou" else "a"
-    if any(out.child(name).exists() for name in markers):
+    present = out.fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True))  # one listing of the folder's top level
+    if any(info.base_name in markers for info in present):
         if not overwrite:
             raise InputError(f"{option} {out.uri} holds {a} {what} already; pass --overwrite to replace it, or give another folder")
         return
-    other = next(iter(out.fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True))), None)
-    if other is not None:
-        raise InputError(f"{option} {out.uri} holds other files (e.g. {out.uri_of(other.path)}), not {a} {what}; give a new or empty folder")
+    if present:
+        raise InputError(f"{option} {out.uri} holds other files (e.g. {out.uri_of(present[0].path)}), not {a} {what}; give a new or empty folder")
 
 
 def _within(inner: Location, outer: Location) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import MISSING, fields, replace
 import pytest
 
 from cgi2real.core.archs import ARCHS, get_arch
+from cgi2real.core.classes import parse_classes
 from cgi2real.core.config import (
     DECODES,
     GEOMETRIES,
@@ -20,7 +21,6 @@ from cgi2real.core.config import (
     between,
     choose,
 )
-from cgi2real.core.classes import parse_classes
 from cgi2real.core.errors import InputError
 
 
