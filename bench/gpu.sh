@@ -11,8 +11,10 @@
 # device time, with the venv first on PATH:  PATH=$PWD/.venv/bin:$PATH DRY=1 bash bench/gpu.sh
 #
 # 1. labeling: 50,000 JPEGs of mixed sizes (mostly 300-1,000 px, 2 % of 12 megapixels) at 299 px:
-#    the bare bf16 model, then the pipeline with --decode device and --decode cpu (4 replicas per GPU;
-#    LABEL_RUNS overrides); each mode's reading-stage CPU time and bytes per image.
+#    the bare bf16 model eager and compiled, then the pipeline with --decode device and --decode cpu
+#    (4 replicas per GPU), each eager and compiled (LABEL_RUNS overrides); each mode's reading-stage
+#    CPU time and bytes per image; time to first row. Then framing on the device picture by picture
+#    against in groups of one stored size (bench/framing.py, seconds).
 # 2. training: bench/train.py at 299 px, batch 64: cgi2real on Ray Train with --decode device and
 #    --decode cpu (TRAIN_RUNS overrides) vs the bare loop, and each mode's reading-stage figures.
 set -euo pipefail
@@ -30,11 +32,13 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ -n "${DRY:-}" ]]; then
-  label=(--photos 600 --image-size 96 --decode device cpu --actors 1 --bare-images 128 --naive-images 8)
+  label=(--photos 600 --image-size 96 --decode device cpu --actors 1 --compile off --bare-images 128 --naive-images 8)
+  framing=(--batch 16)
   train=(--generate --per-class 40 --image-size 96 --batch-size 16 --epochs 2 --decode device cpu)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  label=(--gpu --photos 50000 --image-size 299 ${LABEL_RUNS:---decode device cpu --actors 4})
+  label=(--gpu --photos 50000 --image-size 299 ${LABEL_RUNS:---decode device cpu --actors 4 --compile off on})
+  framing=(--gpu)
   train=(--gpu --generate --per-class 2500 --image-size 299 --batch-size 64 --epochs 3 ${TRAIN_RUNS:---decode device cpu})
 fi
 python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)"
@@ -42,6 +46,7 @@ python3 -c "import torch, torchvision, ray; print('torch', torch.__version__, 't
 start=$SECONDS
 [[ "${PART:-all}" == train ]] || python3 bench/label.py "${label[@]}" 2>&1 | grep -v "WARNING\|INFO\|labeled (" | tee "$OUT/label.txt" || echo "labeling benchmark FAILED"
 echo "labeling benchmark: $((SECONDS - start)) s"
+[[ "${PART:-all}" == train ]] || python3 bench/framing.py "${framing[@]}" 2>&1 | tee "$OUT/framing.txt" || echo "framing benchmark FAILED"
 start=$SECONDS
 [[ "${PART:-all}" == label ]] || python3 bench/train.py "${train[@]}" 2>&1 | grep -v "WARNING\|INFO\|Reporting training result" | tee "$OUT/train.txt" || echo "training benchmark FAILED"
 echo "training benchmark: $((SECONDS - start)) s"

@@ -33,11 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cgi2real.core.archs import ARCHS  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
-from cgi2real.core.config import (
-    DECODES,  # noqa: E402
-    DEFAULT_GEOMETRY,  # noqa: E402
-    LabelConfig,  # noqa: E402
-)
+from cgi2real.core.config import CPU_BATCH_SIZE, DECODES, DEFAULT_GEOMETRY, GPU_BATCH_SIZE, LabelConfig  # noqa: E402
 from cgi2real.formats.class_folders import scan_image_files  # noqa: E402
 from cgi2real.formats.package import read_model_package  # noqa: E402
 from cgi2real.imaging.gpu_eval import DevicePreset, decode_jpegs  # noqa: E402
@@ -45,8 +41,9 @@ from cgi2real.imaging.presets import EvalPreset  # noqa: E402
 from cgi2real.model.networks import build_model, package_config, save_model_package
 from cgi2real.pipelines.batches import decode_for_labeling, read_for_device
 from cgi2real.pipelines.labeler import Labeler  # noqa: E402
-from cgi2real.stages.label import CPU_BATCH_SIZE, GPU_BATCH_SIZE, run
+from cgi2real.stages.label import run  # noqa: E402
 
+COMPILE = {"auto": None, "on": True, "off": False}
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "horse_or_human", "train")
 
 
@@ -171,6 +168,9 @@ def main() -> None:
     parser.add_argument("--bare-images", type=int, default=4096, help="images pre-decoded for the bare model")
     parser.add_argument("--naive-images", type=int, default=64)
     parser.add_argument("--bare-per-core", action="store_true", help="also time one one-thread model process per core (CPU)")
+    parser.add_argument("--compile", nargs="+", choices=["auto", "on", "off"], default=["auto"],
+                        help="the model step compiled or not (auto: cgi2real label's default, on GPUs only); the bare model is timed both ways "
+                             "when more than one is given, and the pipeline runs with each")
     parser.add_argument("--gpu", action="store_true", help="model on the GPU (bf16) in all three")
     args = parser.parse_args()
 
@@ -218,13 +218,18 @@ def measure_arch(arch: str, args, files, tmp: str) -> tuple[float, float]:
     print(f"device stage alone (batch {batch_size}): batched JPEG decoding {decode_rate:.0f} img/s, decoding and framing {frame_rate:.0f} img/s")
 
     config, weights = read_model_package(package)
-    labeler = Labeler(config, weights, use_gpu=args.gpu)
     decoded = decode_for_labeling(file_batch(files, args.bare_images), preset, files.root.fs)
     assert (decoded["error"] == "").all(), "the benchmark images must all decode"
-    bare = bare_model(labeler, decoded["image"], batch_size)
-    naive = naive_loop(labeler, list(files.paths[: args.naive_images]), image_size)
+    bares = {}
+    for mode in args.compile:
+        start = time.perf_counter()
+        labeler = Labeler(config, weights, use_gpu=args.gpu, batch_size=batch_size, compile=COMPILE[mode])
+        ready = time.perf_counter() - start
+        bare = bares[mode] = bare_model(labeler, decoded["image"], batch_size)
+        print(f"bare model, compile {mode} ({'compiled' if labeler.step.compiled else 'eager'}; pre-decoded, batch {batch_size}): {bare:.1f} img/s; "
+              f"the model built in {ready:.1f} s, of which warm-up {labeler.step.warm_up_seconds:.1f} s")
     del labeler
-    print(f"bare model (pre-decoded, batch {batch_size}): {bare:.1f} img/s")
+    naive = naive_loop(Labeler(config, weights, use_gpu=args.gpu, compile=False), list(files.paths[: args.naive_images]), image_size)
     print(f"naive loop (one image at a time, {args.naive_images} images): {naive:.1f} img/s")
     if args.bare_per_core:
         per_core = bare_per_core(package, decoded["image"][:1024], batch_size, os.cpu_count())
@@ -232,21 +237,23 @@ def measure_arch(arch: str, args, files, tmp: str) -> tuple[float, float]:
     del decoded
 
     pipeline = 0.0
-    for decode in args.decode or [None]:
-        for actors in args.actors:
-            out = os.path.join(tmp, f"labels-{arch}-{decode}-{actors}")
-            cfg = LabelConfig(source=files.root.uri, model=package, out=out, batch_size=batch_size, actors=actors, use_gpu=args.gpu, decode=decode)
-            summary = run(cfg)
-            assert summary.labeled == len(files) and not summary.errors
-            pipeline, steady = summary.images_per_second, summary.steady_images_per_second
-            assert steady, "too few images to measure the rate after start-up: label more"
-            print(f"pipeline --decode {decode or 'default'} --actors {actors or 'default'} ({summary.labeled} images in {summary.seconds:.1f} s): {pipeline:.1f} img/s")
-            print(f"  first results after {summary.first_seconds:.1f} s ({summary.first_rows} rows), then {steady:.1f} img/s")
-            print(f"  ratio pipeline / bare model = {pipeline / bare:.2f} end to end, {steady / bare:.2f} after start-up")
-            if args.bare_per_core:
-                print(f"  ratio pipeline / bare per core = {pipeline / per_core:.2f} end to end, {steady / per_core:.2f} after start-up")
-            print(f"  speed-up over the naive loop = {pipeline / naive:.1f}x end to end, {steady / naive:.1f}x after start-up")
-            shutil.rmtree(out)
+    for decode, actors, mode in [(d, a, m) for d in args.decode or [None] for a in args.actors for m in args.compile]:
+        out = os.path.join(tmp, f"labels-{arch}-{decode}-{actors}-{mode}")
+        cfg = LabelConfig(source=files.root.uri, model=package, out=out, batch_size=batch_size, actors=actors, use_gpu=args.gpu, decode=decode,
+                          compile=COMPILE[mode])
+        summary = run(cfg)
+        assert summary.labeled == len(files) and not summary.errors
+        pipeline, steady = summary.images_per_second, summary.steady_images_per_second
+        assert steady, "too few images to measure the rate after start-up: label more"
+        print(f"pipeline --decode {decode or 'default'} --actors {actors or 'default'} --compile {mode} ({summary.labeled} images in {summary.seconds:.1f} s): "
+              f"{pipeline:.1f} img/s")
+        print(f"  first results after {summary.first_seconds:.1f} s ({summary.first_rows} rows; {summary.first_since_start:.1f} s after the run started, "
+              f"listing included), then {steady:.1f} img/s")
+        print(f"  ratio pipeline / bare model (compile {mode}) = {pipeline / bares[mode]:.2f} end to end, {steady / bares[mode]:.2f} after start-up")
+        if args.bare_per_core:
+            print(f"  ratio pipeline / bare per core = {pipeline / per_core:.2f} end to end, {steady / per_core:.2f} after start-up")
+        print(f"  speed-up over the naive loop = {pipeline / naive:.1f}x end to end, {steady / naive:.1f}x after start-up")
+        shutil.rmtree(out)
     return bare, pipeline
 
 

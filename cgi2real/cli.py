@@ -411,6 +411,10 @@ def label(
     decode: Annotated[
         Optional[str], typer.Option(help="Where JPEGs are decoded: cpu (reading tasks) or device (the model's GPU, in batches; default with GPUs).")
     ] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the model step in each actor (default on GPUs; on CPU it pays off only for long runs)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the table at --out first instead of resuming it.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Take over a table whose writer died: break a lease not renewed for 2 minutes.")] = False,
     rows_per_file: Annotated[int, typer.Option(help="Commit a Parquet file once this many rows are ready, or after a minute.")] = 100_000,
@@ -425,7 +429,7 @@ def label(
 
     cfg = LabelConfig(
         source=source, model=model, out=out, manifest=manifest, batch_size=batch_size, actors=actors, use_gpu=gpu, decode=decode,
-        overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
+        compile=compile, overwrite=overwrite, force=force, rows_per_file=rows_per_file, abstain_below=abstain_below, s3_endpoint=s3_endpoint,
     )
     if _options_only(cfg):
         return None

@@ -243,6 +243,9 @@ class EvalConfig:
         choose("--geometry", self.geometry, GEOMETRIES, optional=True)
 
 
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32  # images per labeling forward pass by default
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     source: str | None  # folder or s3:// prefix of images, listed recursively (or one image file); None: `manifest`
@@ -253,6 +256,7 @@ class LabelConfig:
     actors: int | None = None  # model replicas; None: one per core (at most 8 per CPU node), or per GPU 2 (decode="cpu") or 4 (decode="device")
     use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has them
     decode: str | None = None  # "cpu" (reading tasks decode) or "device" (the model's device decodes JPEGs); None: device on GPUs
+    compile: bool | None = None  # torch.compile the model step (model.inference); None: on GPUs only
     overwrite: bool = False  # delete an existing table at `out` first instead of resuming it
     force: bool = False  # break the lease of a run that died holding the table (not renewed for 2 minutes)
     rows_per_file: int = 100_000  # commit a Parquet file once this many rows are ready (~5 MB)

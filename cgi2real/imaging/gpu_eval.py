@@ -13,8 +13,9 @@ square with the geometry of `presets.EvalPreset`:
 - the CPU preset decodes large JPEGs at a reduced scale (Pillow's `draft`), which the device
   decoders cannot: block averages stand in for it;
 - resizing uses Pillow's own bilinear weights (its `precompute_coeffs`).
-The three steps are folded into two matrices per stored size and orientation (`_make_plan`), so
-each picture costs two small matrix products. A picture that is not reduced comes out within a
+The three steps are folded into two matrices per stored size and orientation (`_make_plan`), and
+the pictures of a batch that share them are framed together: two batched matrix products per
+stored size, whatever the number of pictures. A picture that is not reduced comes out within a
 level or two of the CPU preset's pixels (JPEG decoders and rounding); reduced ones within a few.
 """
 
@@ -32,6 +33,10 @@ from cgi2real.storage.locations import first_line
 
 # Components of a JPEG that libjpeg would read as RGB rather than YCbCr: decoders disagree there.
 _RGB_COMPONENT_IDS = (ord("R"), ord("G"), ord("B"))
+# Stored pixel values framed in one launch on a GPU, in float32 (1 GiB): a group of large pictures
+# goes in chunks. A CPU has no launches to save, and frames one picture at a time, in its caches:
+# groups of 768 x 1024 pictures framed 0.67-0.87x as fast there (bench/framing.py, BENCHMARKS.md).
+FRAMED_VALUES = {"cuda": 1 << 28, "cpu": 0}
 PLANS_KEPT = 512  # framing plans kept per actor (LRU), by stored size and orientation: about 1 MB each at 299 px
 
 
@@ -227,6 +232,7 @@ class DevicePreset:
         self.image_size, self.geometry, self.resize_size, self.device = preset.image_size, preset.geometry, preset.resize_size, device
         self.cpu_preset = preset
         self.plans = _Plans(device)
+        self.framed_values = FRAMED_VALUES.get(device.type, 0)
         self.fill = torch.tensor(MEAN_COLOUR, dtype=torch.uint8, device=device).view(3, 1, 1)
 
     def batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
@@ -257,21 +263,45 @@ class DevicePreset:
     def __call__(self, datas: list[bytes], orientations: list[int]) -> torch.Tensor:
         """JPEG bytes (as `device_orientation` admitted them) -> uint8 (B, 3, S, S) on the device.
 
-        Raises if the batched decode fails (see `decode_jpegs`).
+        Pictures of the same stored size and orientation share a plan, and are framed together:
+        two batched matrix products per group (`frame_group`), not per picture. Raises if the
+        batched decode fails (see `decode_jpegs`).
         """
+        return self.frame(decode_jpegs(datas, self.device), orientations)
+
+    def frame(self, pictures: list[torch.Tensor], orientations: list[int]) -> torch.Tensor:
+        """Decoded stored pictures, uint8 (3, H, W) on the device, with their EXIF orientations ->
+        the model's uint8 (B, 3, S, S), one group of the same stored size and orientation at a time."""
         s = self.image_size
-        out = torch.empty((len(datas), 3, s, s), dtype=torch.uint8, device=self.device)
+        out = torch.empty((len(pictures), 3, s, s), dtype=torch.uint8, device=self.device)
         if self.geometry == "pad":
             out[:] = self.fill
-        for i, (pixels, orientation) in enumerate(zip(decode_jpegs(datas, self.device), orientations)):
-            height, width = pixels.shape[-2:]
+        groups: dict[tuple, list[int]] = {}
+        for i, (pixels, orientation) in enumerate(zip(pictures, orientations)):
+            groups.setdefault((*pixels.shape[-2:], orientation), []).append(i)
+        for (height, width, orientation), members in groups.items():
             plan = self.plans(height, width, orientation, s, self.resize_size, self.geometry)
-            band = pixels[:, plan.row0:plan.row0 + plan.rows.shape[1], plan.col0:plan.col0 + plan.cols.shape[1]].float()
-            framed = plan.rows @ (band @ plan.cols.T)  # (3, p, q)
-            if plan.transpose:
-                framed = framed.transpose(-2, -1)
-            out[i, :, plan.top:plan.top + framed.shape[-2], plan.left:plan.left + framed.shape[-1]] = framed.round_()
+            step = max(1, self.framed_values // (3 * plan.rows.shape[1] * plan.cols.shape[1]))
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                framed = frame_group([pictures[i] for i in chunk], plan)
+                rows = slice(chunk[0], chunk[-1] + 1) if chunk[-1] - chunk[0] == len(chunk) - 1 else torch.tensor(chunk, device=self.device)
+                out[rows, :, plan.top:plan.top + framed.shape[-2], plan.left:plan.left + framed.shape[-1]] = framed
         return out
+
+
+def frame_group(pictures: list[torch.Tensor], plan: _Plan) -> torch.Tensor:
+    """Decoded pictures (3, H, W) that share `plan` -> their framed uint8 (G, 3, p, q), in two
+    batched matrix products (the product order that costs fewer multiplications first)."""
+    band = torch.stack([p[:, plan.row0:plan.row0 + plan.rows.shape[1], plan.col0:plan.col0 + plan.cols.shape[1]] for p in pictures]).float()
+    (p, h), (q, w) = plan.rows.shape, plan.cols.shape
+    if h * w * q + p * h * q <= p * h * w + p * w * q:
+        framed = plan.rows @ (band @ plan.cols.T)  # (G, 3, h, q), then (G, 3, p, q)
+    else:
+        framed = (plan.rows @ band) @ plan.cols.T  # (G, 3, p, w), then (G, 3, p, q)
+    if plan.transpose:
+        framed = framed.transpose(-2, -1)
+    return framed.round_().to(torch.uint8)
 
 
 def draft_scale(width: int, height: int, size: int) -> int:

@@ -1,9 +1,7 @@
 """The model replica of a labeling run: a batch of read images in, class probabilities out.
 
-Plain torch: Ray Data runs `Labeler` as a pool of actors (through `label.LabelerActor`, so the
-driver never imports torch), tests call it directly. `checked_weights` is the one Ray task that
-reads a package's weights for a run and builds them into the network once, to refuse a bad
-package in one line before any actor starts.
+Plain torch: Ray Data runs `Labeler` as a pool of actors (through `labeling.LabelerActor`, so the
+driver never imports torch), tests call it directly.
 """
 
 import time
@@ -11,11 +9,9 @@ import time
 import numpy as np
 import torch
 
-from cgi2real.core.config import DECODES, choose
-from cgi2real.core.errors import InputError
-from cgi2real.formats.package import read_model_package
+from cgi2real.core.config import CPU_BATCH_SIZE, DECODES, GPU_BATCH_SIZE, choose
 from cgi2real.imaging.gpu_eval import DevicePreset
-from cgi2real.model.inputs import autocast, to_model
+from cgi2real.model.inference import InferenceStep
 from cgi2real.model.networks import package_from_bytes
 from cgi2real.runtime.cluster import node_cpus
 
@@ -30,26 +26,27 @@ class Labeler:
     which gives each file its usual pixels or error row.
 
     Plain torch (Ray Data runs it as a pool of actors; tests call it directly). The model is built
-    once, from the package's safetensors bytes (or an ObjectRef to them). Rows with an error pass
+    once, from the package's safetensors bytes (or an ObjectRef to them), and its step
+    (`InferenceStep`: compiled on GPUs) warmed up before the first batch. Rows with an error pass
     through with NaN probabilities.
     """
 
-    def __init__(self, config: dict, weights, use_gpu: bool = False, actors_per_node: int | None = None, decode: str = "cpu"):
+    def __init__(self, config: dict, weights, use_gpu: bool = False, actors_per_node: int | None = None, decode: str = "cpu",
+                 batch_size: int | None = None, compile: bool | None = None, package_uri: str = "(given as bytes)"):
         if not isinstance(weights, bytes):  # an ObjectRef: one copy in the object store serves every actor
             import ray
 
             weights = ray.get(weights)
         choose("--decode", decode, DECODES)
-        package = package_from_bytes(config, weights, "model package")
+        package = package_from_bytes(config, weights, package_uri)  # InputError if they do not fit its network
         self.device = torch.device("cuda" if use_gpu else "cpu")
         if self.device.type == "cpu" and actors_per_node:
             # Ray sets one thread per reserved CPU; share this node's cores (not the driver's) instead.
             torch.set_num_threads(max(1, node_cpus() // actors_per_node))
-        self.model = package.model.to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True  # every full batch has the same shape: pick the fastest kernels once
-        self.mean, self.std, self.num_classes = package.mean, package.std, len(package.classes)
+        batch_size = batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
+        self.step = InferenceStep(package.model, self.device, package.mean, package.std, batch_size, compile)
+        self.step.warm_up(package.image_size)  # compiled and autotuned before the first batch arrives
+        self.num_classes = len(package.classes)
         self.decode = decode
         if decode == "device":
             self.device_preset = DevicePreset(package.eval_preset(), self.device)
@@ -64,21 +61,6 @@ class Labeler:
                 pixels = torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True)
             else:
                 pixels = pixels[torch.from_numpy(np.flatnonzero(ok)).to(self.device)]  # integer indices: no device sync
-            images = to_model(pixels, self.device, self.mean, self.std)
-            with torch.inference_mode(), autocast(self.device):
-                logits = self.model(images)  # (B_ok, K)
-            probs[ok] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            probs[ok] = self.step(pixels).cpu().numpy()
         now_us = int(time.time() * 1e6)
         return {"path": batch["path"], "probs": probs, "error": errors, "labeled_at": np.full(len(ok), now_us, dtype=np.int64)}
-
-
-def checked_weights(uri: str, s3_endpoint: str | None, config: dict) -> tuple[str | None, bytes | None]:
-    """(None, the weights' bytes) of the package at `uri` if they are `config`'s and fit its
-    network, else (why not, None). Run as a Ray task: the bytes stay in the object store for the
-    actors, and the network is built in a worker, not in the driver."""
-    try:
-        _, weights = read_model_package(uri, s3_endpoint)
-        package_from_bytes(config, weights, uri)
-    except InputError as e:
-        return str(e), None
-    return None, weights

@@ -1,7 +1,7 @@
 """The labeling pipeline as Ray Data sees it, importable without torch: file rows -> reading tasks -> Labeler actors.
 
-The driver (`stages.label`) plans the run (`Plan`), puts the checked weights in the object store
-(`checked_weights_ref`) and iterates `labeling_dataset`. The functions and actor class here import
+The driver (`stages.label`) plans the run (`Plan`), puts the package's weights in the object store
+(`put_weights`) and iterates `labeling_dataset`. The functions and actor class here import
 torch only inside Ray's workers: the reading tasks' decoders (`pipelines.batches`) and the model
 (`pipelines.labeler`).
 """
@@ -27,6 +27,7 @@ class Plan:
     actors_per_node: int | None  # CPU replicas per node (they share its cores); None on GPUs
     decode: str  # "cpu": reading tasks decode; "device": the model's device decodes JPEGs
     batch_size: int
+    compile: bool | None = None  # torch.compile the model step; None: on GPUs (model.inference)
 
 
 def read_files(batch: dict[str, np.ndarray], *, fs: pafs.FileSystem, image_size: int, geometry: str, decode: str) -> dict[str, np.ndarray]:
@@ -46,38 +47,47 @@ def _eval_preset(image_size: int, geometry: str):
 
 
 class LabelerActor:
-    """`labeler.Labeler` as Ray Data's actor class: the same constructor and call, imported in the actor."""
+    """`labeler.Labeler` as Ray Data's actor class: the same constructor and call, imported in the actor.
+
+    A package whose weights do not fit its network is refused here, where the network is built
+    (`model.package_from_bytes`): the actor has no model then and gives every row the error
+    REFUSED + the reason, which the driver turns into that one line before it writes any row
+    (an actor failing instead would print Ray's tracebacks)."""
 
     def __init__(self, **kwargs):
         from cgi2real.pipelines.labeler import Labeler
 
-        self.labeler = Labeler(**kwargs)
+        self.labeler, self.refusal, self.num_classes = None, "", len(kwargs["config"]["classes"])
+        try:
+            self.labeler = Labeler(**kwargs)
+        except InputError as e:
+            self.refusal = REFUSED + str(e)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.labeler is None:
+            n = len(batch["path"])
+            return {"path": batch["path"], "probs": np.full((n, self.num_classes), np.nan, np.float32),
+                    "error": np.full(n, self.refusal, object), "labeled_at": np.zeros(n, np.int64)}
         return self.labeler(batch)
 
 
-def checked_weights_ref(uri: str, s3_endpoint: str | None, config: dict):
-    """An ObjectRef to the package's weights, read and checked by a task on this node (`labeler.checked_weights`);
-    InputError if they are not the config's or do not fit its network."""
+REFUSED = "refused: "  # the error of every row of an actor that refused the package; never written (stages.label)
+
+
+def put_weights(uri: str, s3_endpoint: str | None, package: PackageInfo):
+    """An ObjectRef to the package's weights, read by the driver and checked against its config's
+    SHA-256 (InputError if they differ): one copy in the object store serves every actor. The
+    actors check that they fit the network, as they build it (`LabelerActor`)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # On this node, as a local package is on this disk; no CPU reserved, as a head node may have none for tasks.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    error, weights = ray.remote(_checked_weights).options(num_returns=2, num_cpus=0, scheduling_strategy=here).remote(uri, s3_endpoint, config)
-    if message := ray.get(error):
-        raise InputError(message)
-    return weights
+    from cgi2real.formats.package import check_weights, read_model_package
+
+    _, weights = read_model_package(uri, s3_endpoint)
+    check_weights(package.config, weights, uri)
+    return ray.put(weights)
 
 
-def _checked_weights(uri: str, s3_endpoint: str | None, config: dict) -> tuple[str | None, bytes | None]:
-    from cgi2real.pipelines.labeler import checked_weights
-
-    return checked_weights(uri, s3_endpoint, config)
-
-
-def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, weights_ref, plan: Plan):
+def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, package_uri: str, weights_ref, plan: Plan):
     """The Ray Dataset: file rows {path, size} -> reading tasks (CPU) -> Labeler actors -> {path, probs, error, labeled_at}.
 
     The reading tasks decode and preprocess (`data.decode_for_labeling`), or with `decode="device"`
@@ -97,6 +107,7 @@ def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, weights_re
             LabelerActor,
             fn_constructor_kwargs={
                 "config": package.config, "weights": weights_ref, "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
+                "batch_size": plan.batch_size, "compile": plan.compile, "package_uri": package_uri,
             },
             batch_size=plan.batch_size,
             batch_format="numpy",

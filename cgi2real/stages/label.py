@@ -20,18 +20,17 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from cgi2real.core.config import LabelConfig
-from cgi2real.core.errors import RunFailed
+from cgi2real.core.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE, LabelConfig
+from cgi2real.core.errors import InputError, RunFailed
 from cgi2real.formats.label_table import LabelTable, LeaseLost, TableLease, TableWriteFailed, TableWriter, check_same_model
 from cgi2real.formats.package import PackageInfo, read_package_info
-from cgi2real.pipelines.labeling import Plan, checked_weights_ref, labeling_dataset
+from cgi2real.pipelines.labeling import REFUSED, Plan, labeling_dataset, put_weights
 from cgi2real.runtime.cluster import check_local_paths, node_cpus, start_ray, use_gpus
 from cgi2real.runtime.progress import Progress
 from cgi2real.storage.listing import Source, drop_labeled, file_blocks, labeled_paths, open_source
 from cgi2real.storage.locations import check_output, first_line, locate
 
 LISTING_HEAD_START = 10.0  # seconds a folder is listed before labeling starts, if its listing has not ended by then
-GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32
 # Model replicas sharing one GPU, by where JPEGs are decoded: while one replica frames pictures or
 # waits for its batch, another computes (BENCHMARKS.md: on one H100, device decoding ran 2,124 img/s
 # with 2 and 2,471 with 4; CPU decoding 2,434 with 1 and 2,972-3,316 with 2).
@@ -88,7 +87,7 @@ def run(cfg: LabelConfig) -> LabelSummary:
 
 def _opened(cfg: LabelConfig) -> tuple[Source, PackageInfo, LabelTable]:
     """The settings, the source (its listing started), the package's config (its weights are checked
-    once Ray runs: checked_weights_ref) and the table's folder, checked before anything is written."""
+    once Ray runs: put_weights) and the table's folder, checked before anything is written."""
     cfg.check()
     source = open_source(cfg.source, cfg.manifest, cfg.s3_endpoint)
     package = read_package_info(cfg.model, cfg.s3_endpoint)
@@ -187,7 +186,8 @@ class Labeling:
         start_ray(min_cpus=2)  # one CPU for the model, one for decoding
         check_local_paths({f"SOURCE {source.uri}": first_path} if source.root.scheme == "file" else {}, {"--out": table.folder})
         self.plan = _plan(cfg)
-        self.weights = checked_weights_ref(locate(cfg.model, cfg.s3_endpoint).uri, cfg.s3_endpoint, package.config)
+        self.package_uri = locate(cfg.model, cfg.s3_endpoint).uri
+        self.weights = put_weights(self.package_uri, cfg.s3_endpoint, package)
         plan = self.plan
         print(
             f"model {package.model_id} on {plan.actors} {'GPU' if plan.use_gpu else 'CPU'} actor(s), batch {plan.batch_size}, "
@@ -206,10 +206,12 @@ class Labeling:
         writer, summary = self.writer, self.summary
         self.expected += todo.num_rows
         self.progress.add_total(todo.num_rows)
-        ds = labeling_dataset(ray.data.from_arrow(file_blocks(todo)), self.source.root.fs, self.package, self.weights, self.plan)
+        ds = labeling_dataset(ray.data.from_arrow(file_blocks(todo)), self.source.root.fs, self.package, self.package_uri, self.weights, self.plan)
         try:
             with _sigterm_as_interrupt():
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    if not summary.first_rows and len(batch["error"]) and str(batch["error"][0]).startswith(REFUSED):
+                        raise InputError(batch["error"][0].removeprefix(REFUSED))  # the package does not fit its network
                     before = writer.rows + writer.unavailable
                     writer.add(batch)
                     if not summary.first_rows:
@@ -223,6 +225,8 @@ class Labeling:
             print(f"interrupted: {writer.rows} rows committed to {self.table.folder.uri}; rerun the same command to resume", flush=True)
             raise
         except (LeaseLost, TableWriteFailed):  # nothing more can be written: what is committed stays
+            raise
+        except InputError:  # the package was refused: nothing was written
             raise
         except Exception as e:
             writer.flush()
@@ -253,14 +257,14 @@ def _plan(cfg: LabelConfig) -> Plan:
     if use_gpu:
         actors = cfg.actors or max(gpus, 1) * ACTORS_PER_GPU[decode]
         share = min(1.0, max(gpus, 1) / actors)
-        return Plan(True, actors, share, share, None, decode, batch_size)
+        return Plan(True, actors, share, share, None, decode, batch_size, cfg.compile)
     here = ray.get_runtime_context().get_node_id()
     cores = [  # per CPU node: its CPUs, and on this node no more than this process may use
         min(int(n["Resources"]["CPU"]), node_cpus()) if n["NodeID"] == here else int(n["Resources"]["CPU"])
         for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")
     ] or [1]
     actors = cfg.actors or len(cores) * max(1, min(CPU_ACTORS_PER_NODE, min(cores)))
-    return Plan(False, actors, 0.0, 1, math.ceil(actors / len(cores)), decode, batch_size)
+    return Plan(False, actors, 0.0, 1, math.ceil(actors / len(cores)), decode, batch_size, cfg.compile)
 
 
 @contextlib.contextmanager

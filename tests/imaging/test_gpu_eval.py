@@ -74,6 +74,21 @@ def test_large_pictures_are_reduced_as_the_cpu_decoder_reduces_them(geometry):
         assert difference.mean() < 2.0, (geometry, width, height, difference.mean())
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_a_batch_is_framed_in_groups_by_stored_size_as_each_picture_would_be_alone(geometry):
+    """Pictures sharing a stored size and orientation are framed in one batched product; groups
+    of large pictures go in chunks; rows stay in their places whatever the grouping."""
+    sizes = [(150, 100, 1), (120, 90, 6), (150, 100, 1), (150, 100, 6), (120, 90, 6), (150, 100, 1), (900, 500, 3), (150, 100, 1)]
+    datas = [jpeg(photo(w, h, seed=k), o) for k, (w, h, o) in enumerate(sizes)]
+    orientations = [o for *_, o in sizes]
+    device = DevicePreset(EvalPreset(64, geometry), CPU)
+    alone = torch.stack([device([d], [o])[0] for d, o in zip(datas, orientations)]).to(torch.int16)
+    device.framed_values = 2 * 3 * 100 * 150  # as on a GPU, in chunks of two 150 x 100 pictures
+    together = device(datas, orientations).to(torch.int16)
+    assert (together - alone).abs().max() <= 1 and (together != alone).float().mean() < 1e-3
+    assert all((alone[i] - alone[j]).abs().float().mean() > 5 for i in range(len(datas)) for j in range(i))  # any misplaced row would show
+
+
 def test_only_plain_jpegs_go_to_the_device(tmp_path):
     img = photo(80, 60)
     whole = jpeg(img, 6)

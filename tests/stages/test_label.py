@@ -160,6 +160,30 @@ def test_another_model_is_refused_and_overwrite_relabels(ray_cluster, package, i
     assert table.num_rows == 12 and set(table["model"].to_pylist()) == {other_id}
 
 
+def test_a_package_whose_weights_were_changed_or_do_not_fit_is_refused_in_one_line(ray_cluster, package, image_root, tmp_path):
+    """Changed weights are refused by the driver (their SHA-256); weights that do not fit the
+    network are refused by the model actors as they build it, and the run says why in one line,
+    without Ray's tracebacks, before it writes any row."""
+    import json
+    import shutil
+
+    images = image_root(4, 96)
+    tampered, edited = tmp_path / "tampered", tmp_path / "edited"
+    shutil.copytree(package, tampered)
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    shutil.copytree(package, edited)  # a class added by hand to config.json: the weights' hash still matches
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**config, "classes": [*config["classes"], "zebra"]}))
+    for bad, reason in [(tampered, "does not match the SHA-256"), (edited, "fc.weight")]:
+        out = tmp_path / f"labels-{bad.name}"
+        refused = invoke("label", images, "--model", bad, "--out", out, code=2)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], refused.stderr
+        assert not out.exists() or not list(out.glob("*.parquet"))
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_losing_or_repeating_a_row(ray_cluster, package, source, expected, tmp_path):
     """Kill a real labeling process after its first committed file; the rerun (in this process, on
