@@ -37,9 +37,9 @@ def use_compile(requested: bool | None, device: torch.device) -> bool:
 class InferenceStep:
     """uint8 (B, 3, S, S) on `device` -> float32 probabilities (B, K), the network compiled or eager.
 
-    Compiled, any batch is cut into pieces of at most `batch_size` and each piece padded with
-    zero images up to its bucket; eager on CPU, batches run as they come (padding would only
-    cost). A compile that fails (no compiler, an unsupported op) falls back to eager with one
+    Compiled, or on a GPU (where cuDNN picks kernels per shape), any batch is cut into pieces of at
+    most `batch_size` and each piece padded with zero images up to its bucket; eager on CPU,
+    batches run as they come (padding would only cost). A compile that fails (no compiler, an unsupported op) falls back to eager with one
     warning: labeling goes on at eager speed.
     """
 
