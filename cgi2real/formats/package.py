@@ -65,9 +65,13 @@ def read_model_package(uri: str, s3_endpoint: str | None = None) -> tuple[dict, 
     """The raw (config, weights bytes) of a package, the config checked; the weights are checked by
     `check_weights` (and `model.package_from_bytes`) where they are used."""
     folder = locate(uri, s3_endpoint)
-    config = read_package_config(folder)
+    return read_package_config(folder), read_package_weights(folder)
+
+
+def read_package_weights(folder: Location) -> bytes:
+    """The bytes of a package's weights file (unchecked: see `read_model_package`)."""
     try:
-        return config, folder.child(WEIGHTS_FILE).read_bytes()
+        return folder.child(WEIGHTS_FILE).read_bytes()
     except FileNotFoundError:
         raise InputError(f"model package {folder.uri} has no {WEIGHTS_FILE}") from None
     except OSError as e:

@@ -17,8 +17,7 @@ import warnings
 
 import torch
 
-from cgi2real.imaging.presets import normalize
-from cgi2real.model.inputs import autocast
+from cgi2real.model.inputs import autocast, to_model
 from cgi2real.storage.locations import first_line
 
 SMALL_BUCKET = 8  # the short bucket is a batch_size // SMALL_BUCKET: a tail of a few images costs little
@@ -55,9 +54,7 @@ class InferenceStep:
         self.warm_up_seconds = 0.0
 
     def _probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
-        images = normalize(pixels, self.mean, self.std)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = to_model(pixels, self.device, self.mean, self.std)
         with autocast(self.device):
             logits = self.model(images)  # (B, K)
         return torch.softmax(logits.float(), dim=1)

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from cgi2real.core.errors import InputError
-from cgi2real.formats.package import PackageInfo
+from cgi2real.formats.package import PackageInfo, check_weights, read_package_weights
+from cgi2real.storage.locations import Location
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,14 @@ class LabelerActor:
     def __init__(self, **kwargs):
         from cgi2real.pipelines.labeler import Labeler
 
-        self.labeler, self.refusal, self.num_classes = None, "", len(kwargs["config"]["classes"])
+        self.refusal, self.num_classes = "", len(kwargs["config"]["classes"])
         try:
             self.labeler = Labeler(**kwargs)
         except InputError as e:
             self.refusal = REFUSED + str(e)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.labeler is None:
+        if self.refusal:
             n = len(batch["path"])
             return {"path": batch["path"], "probs": np.full((n, self.num_classes), np.nan, np.float32),
                     "error": np.full(n, self.refusal, object), "labeled_at": np.zeros(n, np.int64)}
@@ -74,16 +75,14 @@ class LabelerActor:
 REFUSED = "refused: "  # the error of every row of an actor that refused the package; never written (stages.label)
 
 
-def put_weights(uri: str, s3_endpoint: str | None, package: PackageInfo):
+def put_weights(folder: Location, package: PackageInfo):
     """An ObjectRef to the package's weights, read by the driver and checked against its config's
     SHA-256 (InputError if they differ): one copy in the object store serves every actor. The
     actors check that they fit the network, as they build it (`LabelerActor`)."""
     import ray
 
-    from cgi2real.formats.package import check_weights, read_model_package
-
-    _, weights = read_model_package(uri, s3_endpoint)
-    check_weights(package.config, weights, uri)
+    weights = read_package_weights(folder)  # its config.json is `package`'s, read already
+    check_weights(package.config, weights, folder.uri)
     return ray.put(weights)
 
 

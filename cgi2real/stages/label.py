@@ -186,8 +186,8 @@ class Labeling:
         start_ray(min_cpus=2)  # one CPU for the model, one for decoding
         check_local_paths({f"SOURCE {source.uri}": first_path} if source.root.scheme == "file" else {}, {"--out": table.folder})
         self.plan = _plan(cfg)
-        self.package_uri = locate(cfg.model, cfg.s3_endpoint).uri
-        self.weights = put_weights(self.package_uri, cfg.s3_endpoint, package)
+        folder = locate(cfg.model, cfg.s3_endpoint)
+        self.package_uri, self.weights = folder.uri, put_weights(folder, package)
         plan = self.plan
         print(
             f"model {package.model_id} on {plan.actors} {'GPU' if plan.use_gpu else 'CPU'} actor(s), batch {plan.batch_size}, "
@@ -224,9 +224,7 @@ class Labeling:
             writer.flush()  # keep what is done: a rerun resumes after it
             print(f"interrupted: {writer.rows} rows committed to {self.table.folder.uri}; rerun the same command to resume", flush=True)
             raise
-        except (LeaseLost, TableWriteFailed):  # nothing more can be written: what is committed stays
-            raise
-        except InputError:  # the package was refused: nothing was written
+        except (LeaseLost, TableWriteFailed, InputError):  # nothing more can be written (what is committed stays), or the package was refused
             raise
         except Exception as e:
             writer.flush()
