@@ -1,7 +1,7 @@
 """The renderer judged by ImageNet features: what renders alone teach about real photographs.
 
     python bench/renders.py [--per-class 300] [--seeds 0,1] [--size 224] [--arch efficientnet_lite0]
-                            [--workers 2] [--work DIR] [--name LABEL] [--keep | --renders DIR,DIR]
+                            [--workers 2] [--work DIR] [--name LABEL] [--save-features] [--keep | --renders DIR,DIR]
 
 For each render seed, `--per-class` images per class are rendered at the backbone's size (the
 `cgi2real synth` files: `--scenes photo`, JPEG quality 92, the same seeds), framed by the project's
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/cgi2real-renders-bench")
     parser.add_argument("--name", default="this checkout", help="the row's name in the ablation table")
     parser.add_argument("--keep", action="store_true", help="also write each seed's renders under WORK/renders-<seed>/<class>/")
+    parser.add_argument("--save-features", action="store_true", help="also write each seed's render features to WORK/features-renders-<seed>.npz (x, y)")
     parser.add_argument("--renders", help="judge these class folders (comma-separated, one per seed: `cgi2real synth` outputs, "
                                           "or a --keep run's) instead of rendering")
     args = parser.parse_args()
@@ -179,6 +180,8 @@ def main() -> None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 open(path, "wb").write(data)
         x = backbone(images)
+        if args.save_features:
+            np.savez(os.path.join(args.work, f"features-renders-{seed}.npz"), x=x, y=y)
         only.append(scores(real_y, fit_probe(x, y)(real_x)))
         added.append(scores(real_y, fit_probe(np.concatenate([x, other_x]), np.concatenate([y, other_y]))(real_x)))
         print(f"seed {seed}: renders only {only[-1]['balanced']:.3f} (recall {' / '.join(f'{v:.2f}' for v in only[-1]['recall'].values())}), "
