@@ -76,10 +76,11 @@ class InferenceStep:
         pieces = []
         for start in range(0, len(pixels), self.batch_size):
             piece = pixels[start:start + self.batch_size]
-            bucket = next(b for b in self.buckets if b >= len(piece))
-            if bucket > len(piece):
-                piece = torch.cat([piece, piece.new_zeros((bucket - len(piece), *piece.shape[1:]))])
-            pieces.append(self._run(piece)[: min(len(pixels) - start, self.batch_size)])
+            n = len(piece)
+            bucket = next(b for b in self.buckets if b >= n)
+            if bucket > n:
+                piece = torch.cat([piece, piece.new_zeros((bucket - n, *piece.shape[1:]))])
+            pieces.append(self._run(piece)[:n])
         return torch.cat(pieces) if len(pieces) != 1 else pieces[0]
 
     @torch.inference_mode()  # only here: a piece padded under it would be an inference tensor, which compiles anew
