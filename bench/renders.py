@@ -13,9 +13,13 @@ trained on): balanced accuracy, recall per class and the confusion. The same hea
 on horse_or_human/train + cgi2real_seed/val (the other CGI) without and with the renders: renders
 must add to it, not subtract.
 
+Next to the linear head, a diagnostic that is not the judge: the nearest renders vote
+(`fit_neighbours`: k = the square root of the number of renders, on the same standardized
+features), to tell what the renders carry from what a linear head draws out of them.
+
 Figures are the mean over the render seeds with the spread (half the range). Each run appends one
 JSON line to WORK/results.jsonl (named by `--name`) and prints a Markdown row for the ablation table
-in BENCHMARKS.md. Features of the fixed image sets are cached in WORK (keyed by arch, size and the
+in the README. Features of the fixed image sets are cached in WORK (keyed by arch, size and the
 file list); renders are redrawn every run (the renderer is what changes), in `--workers` processes.
 """
 
@@ -115,6 +119,28 @@ def fit_probe(x: np.ndarray, y: np.ndarray, c: float = 1.0):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, class_weight="balanced")).fit(x, y).predict
 
 
+def fit_neighbours(x: np.ndarray, y: np.ndarray, k: int = 0):
+    """The k nearest training images vote (k = 0: the square root of their number), by cosine
+    similarity of the features standardized as `fit_probe` standardizes them, each vote weighted
+    n / (classes n_c) like its balanced class weights. A diagnostic next to the linear head, not
+    the judge. Returns predict(x)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    train = (x - mean) / std
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    k = k or round(len(x) ** 0.5)
+    counts = np.bincount(y, minlength=len(CLASSES))
+    weight = len(y) / (len(CLASSES) * counts.clip(1))
+
+    def predict(queries: np.ndarray) -> np.ndarray:
+        q = (queries - mean) / std
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        nearest = np.argpartition(-(q @ train.T), k - 1, axis=1)[:, :k]
+        votes = np.stack([((y[nearest] == c) * weight[c]).sum(1) for c in range(len(CLASSES))], 1)
+        return votes.argmax(1)
+
+    return predict
+
+
 def scores(y: np.ndarray, predicted: np.ndarray) -> dict:
     confusion = np.zeros((len(CLASSES), len(CLASSES)), int)
     np.add.at(confusion, (y, predicted), 1)
@@ -136,7 +162,10 @@ def row(name: str, result: dict) -> str:
 
     only, added = result["renders_only"], result["with_other_cgi"]
     recall = " / ".join(f"{only['recall'][c]['mean']:.2f}" for c in CLASSES)
-    return f"| {name} | {cell(only)} | {recall} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} |"
+    near = result["nearest_renders"]
+    near_recall = " / ".join(f"{near['recall'][c]['mean']:.2f}" for c in CLASSES)
+    return (f"| {name} | {cell(only)} | {recall} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} "
+            f"| {cell(near)} ({near_recall}) |")
 
 
 def main() -> None:
@@ -164,7 +193,7 @@ def main() -> None:
     other = [cached_features(backbone, class_files(root), tag, args.work) for root in OTHER_CGI]
     other_x, other_y = np.concatenate([x for x, _ in other]), np.concatenate([y for _, y in other])
     without = scores(real_y, fit_probe(other_x, other_y)(real_x))
-    only, added, seconds = [], [], 0.0
+    only, added, near, seconds = [], [], [], 0.0
     sets = args.renders.split(",") if args.renders else list(map(int, args.seeds.split(",")))
     for seed in sets:
         start = time.perf_counter()
@@ -184,18 +213,20 @@ def main() -> None:
             np.savez(os.path.join(args.work, f"features-renders-{seed}.npz"), x=x, y=y)
         only.append(scores(real_y, fit_probe(x, y)(real_x)))
         added.append(scores(real_y, fit_probe(np.concatenate([x, other_x]), np.concatenate([y, other_y]))(real_x)))
+        near.append(scores(real_y, fit_neighbours(x, y)(real_x)))
         print(f"seed {seed}: renders only {only[-1]['balanced']:.3f} (recall {' / '.join(f'{v:.2f}' for v in only[-1]['recall'].values())}), "
-              f"with the other CGI {added[-1]['balanced']:.3f}; confusion (rows true {', '.join(CLASSES)}) {only[-1]['confusion']}", flush=True)
+              f"with the other CGI {added[-1]['balanced']:.3f}; confusion (rows true {', '.join(CLASSES)}) {only[-1]['confusion']}; "
+              f"nearest renders instead of the linear head {near[-1]['balanced']:.3f} (recall {' / '.join(f'{v:.2f}' for v in near[-1]['recall'].values())})", flush=True)
     renders = len(only) * len(y)
     result = {
         "name": args.name, "arch": args.arch, "size": size, "per_class": args.per_class, "seeds": args.seeds,
-        "renders_only": summary(only), "with_other_cgi": summary(added), "without_renders": without,
-        "per_seed": {"renders_only": only, "with_other_cgi": added},
+        "renders_only": summary(only), "with_other_cgi": summary(added), "without_renders": without, "nearest_renders": summary(near),
+        "per_seed": {"renders_only": only, "with_other_cgi": added, "nearest_renders": near},
         "images_per_s": None if args.renders else renders / seconds, "renders": args.renders, "workers": args.workers, "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
     }
     with open(os.path.join(args.work, "results.jsonl"), "a") as f:
         f.write(json.dumps(result) + "\n")
-    print("| renderer | renders only: balanced | recall both / horse / human | + other CGI: balanced | other CGI alone | renders/s |")
+    print("| renderer | renders only: balanced | recall both / horse / human | + other CGI: balanced | other CGI alone | renders/s | nearest renders (recall) |")
     print(row(args.name, result))
 
 
