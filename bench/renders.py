@@ -124,7 +124,8 @@ def fit_neighbours(x: np.ndarray, y: np.ndarray, k: int = 0):
     similarity of the features standardized as `fit_probe` standardizes them, each vote weighted
     n / (classes n_c) like its balanced class weights. A diagnostic next to the linear head, not
     the judge. Returns predict(x)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
+    mean, std = x.mean(0), x.std(0)
+    std[std == 0] = 1.0  # as StandardScaler leaves a constant feature
     train = (x - mean) / std
     train /= np.linalg.norm(train, axis=1, keepdims=True)
     k = k or round(len(x) ** 0.5)
