@@ -149,6 +149,11 @@ def scores(y: np.ndarray, predicted: np.ndarray) -> dict:
     return {"balanced": float(recall.mean()), "recall": dict(zip(CLASSES, map(float, recall))), "confusion": confusion.tolist()}
 
 
+def recalls(recall: dict) -> str:
+    """Recall per class, "both / horse / human" (one seed's floats, or a summary's means)."""
+    return " / ".join(f"{r['mean'] if isinstance(r, dict) else r:.2f}" for r in (recall[c] for c in CLASSES))
+
+
 def summary(runs: list[dict]) -> dict:
     """Mean and spread (half the range) of the balanced accuracy and of each recall over seeds."""
     def stat(values):
@@ -162,11 +167,9 @@ def row(name: str, result: dict) -> str:
         return f"{s['balanced']['mean']:.3f} ± {s['balanced']['spread']:.3f}"
 
     only, added = result["renders_only"], result["with_other_cgi"]
-    recall = " / ".join(f"{only['recall'][c]['mean']:.2f}" for c in CLASSES)
     near = result["nearest_renders"]
-    near_recall = " / ".join(f"{near['recall'][c]['mean']:.2f}" for c in CLASSES)
-    return (f"| {name} | {cell(only)} | {recall} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} "
-            f"| {cell(near)} ({near_recall}) |")
+    return (f"| {name} | {cell(only)} | {recalls(only['recall'])} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} "
+            f"| {cell(near)} ({recalls(near['recall'])}) |")
 
 
 def main() -> None:
@@ -215,9 +218,9 @@ def main() -> None:
         only.append(scores(real_y, fit_probe(x, y)(real_x)))
         added.append(scores(real_y, fit_probe(np.concatenate([x, other_x]), np.concatenate([y, other_y]))(real_x)))
         near.append(scores(real_y, fit_neighbours(x, y)(real_x)))
-        print(f"seed {seed}: renders only {only[-1]['balanced']:.3f} (recall {' / '.join(f'{v:.2f}' for v in only[-1]['recall'].values())}), "
+        print(f"seed {seed}: renders only {only[-1]['balanced']:.3f} (recall {recalls(only[-1]['recall'])}), "
               f"with the other CGI {added[-1]['balanced']:.3f}; confusion (rows true {', '.join(CLASSES)}) {only[-1]['confusion']}; "
-              f"nearest renders instead of the linear head {near[-1]['balanced']:.3f} (recall {' / '.join(f'{v:.2f}' for v in near[-1]['recall'].values())})", flush=True)
+              f"nearest renders instead of the linear head {near[-1]['balanced']:.3f} (recall {recalls(near[-1]['recall'])})", flush=True)
     renders = len(only) * len(y)
     result = {
         "name": args.name, "arch": args.arch, "size": size, "per_class": args.per_class, "seeds": args.seeds,
