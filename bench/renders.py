@@ -124,20 +124,20 @@ def fit_neighbours(x: np.ndarray, y: np.ndarray, k: int = 0):
     similarity of the features standardized as `fit_probe` standardizes them, each vote weighted
     n / (classes n_c) like its balanced class weights. A diagnostic next to the linear head, not
     the judge. Returns predict(x)."""
-    mean, std = x.mean(0), x.std(0)
-    std[std == 0] = 1.0  # as StandardScaler leaves a constant feature
-    train = (x - mean) / std
-    train /= np.linalg.norm(train, axis=1, keepdims=True)
-    k = k or round(len(x) ** 0.5)
-    counts = np.bincount(y, minlength=len(CLASSES))
-    weight = len(y) / (len(CLASSES) * counts.clip(1))
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+
+    def unit(features: np.ndarray) -> np.ndarray:
+        standard = scaler.transform(features)
+        return standard / np.linalg.norm(standard, axis=1, keepdims=True)
+
+    train, k = unit(x), k or round(len(x) ** 0.5)
+    weight = len(y) / (len(CLASSES) * np.bincount(y, minlength=len(CLASSES)).clip(1))
 
     def predict(queries: np.ndarray) -> np.ndarray:
-        q = (queries - mean) / std
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        nearest = np.argpartition(-(q @ train.T), k - 1, axis=1)[:, :k]
-        votes = np.stack([((y[nearest] == c) * weight[c]).sum(1) for c in range(len(CLASSES))], 1)
-        return votes.argmax(1)
+        nearest = np.argpartition(-(unit(queries) @ train.T), k - 1, axis=1)[:, :k]
+        return np.stack([(y[nearest] == c).sum(1) * weight[c] for c in range(len(CLASSES))], 1).argmax(1)
 
     return predict
 
@@ -150,8 +150,8 @@ def scores(y: np.ndarray, predicted: np.ndarray) -> dict:
 
 
 def recalls(recall: dict) -> str:
-    """Recall per class, "both / horse / human" (one seed's floats, or a summary's means)."""
-    return " / ".join(f"{r['mean'] if isinstance(r, dict) else r:.2f}" for r in (recall[c] for c in CLASSES))
+    """Recall per class as "both / horse / human"."""
+    return " / ".join(f"{recall[c]:.2f}" for c in CLASSES)
 
 
 def summary(runs: list[dict]) -> dict:
@@ -166,10 +166,13 @@ def row(name: str, result: dict) -> str:
     def cell(s):
         return f"{s['balanced']['mean']:.3f} ± {s['balanced']['spread']:.3f}"
 
+    def mean_recalls(s):
+        return recalls({c: r["mean"] for c, r in s["recall"].items()})
+
     only, added = result["renders_only"], result["with_other_cgi"]
     near = result["nearest_renders"]
-    return (f"| {name} | {cell(only)} | {recalls(only['recall'])} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} "
-            f"| {cell(near)} ({recalls(near['recall'])}) |")
+    return (f"| {name} | {cell(only)} | {mean_recalls(only)} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} "
+            f"| {cell(near)} ({mean_recalls(near)}) |")
 
 
 def main() -> None:
