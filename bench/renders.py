@@ -13,9 +13,12 @@ trained on): balanced accuracy, recall per class and the confusion. The same hea
 on horse_or_human/train + cgi2real_seed/val (the other CGI) without and with the renders: renders
 must add to it, not subtract.
 
-Next to the linear head, a diagnostic that is not the judge: the nearest renders vote
+Next to the linear head, two diagnostics that are not the judge: the nearest renders vote
 (`fit_neighbours`: k = the square root of the number of renders, on the same standardized
-features), to tell what the renders carry from what a linear head draws out of them.
+features), to tell what the renders carry from what a linear head draws out of them; and whether
+ImageNet sees a horse (`Backbone.horse_seen`: the backbone's own ImageNet classifier on the same
+features, P(sorrel) + P(horse cart), its mean per class of renders next to the photos'), which
+varies little from seed to seed.
 
 Figures are the mean over the render seeds with the spread (half the range). Each run appends one
 JSON line to WORK/results.jsonl (named by `--name`) and prints a Markdown row for the ablation table
@@ -42,7 +45,7 @@ from cgi2real.core.archs import get_arch  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
 from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
-from cgi2real.model.networks import build_model  # noqa: E402
+from cgi2real.model.networks import build_model, imagenet_state_dict  # noqa: E402
 from cgi2real.stages.synth import image_seed  # noqa: E402
 from cgi2real.synth.scenes import render_scene  # noqa: E402
 
@@ -78,12 +81,18 @@ def render_set(seed: int, per_class: int, size: int, workers: int) -> tuple[list
     return images, np.repeat(np.arange(len(CLASSES)), per_class)
 
 
+HORSE_SYNSETS = (339, 603)  # ImageNet-1k's "sorrel" (its one horse class) and "horse cart"
+
+
 class Backbone:
-    """The project's frozen ImageNet network for `arch`: image bytes -> pooled features (N, D)."""
+    """The project's frozen ImageNet network for `arch`: image bytes -> pooled features (N, D), and
+    what its own ImageNet classifier makes of those features (`horse_seen`)."""
 
     def __init__(self, arch: str, size: int):
         spec = get_arch(arch)
-        self.model = build_model(len(CLASSES), size, "imagenet", arch=arch).eval()
+        imagenet = imagenet_state_dict(arch)
+        self.classifier = imagenet["classifier.weight"].double().numpy(), imagenet["classifier.bias"].double().numpy()
+        self.model = build_model(len(CLASSES), size, "imagenet", arch=arch, imagenet=imagenet).eval()
         self.preset = EvalPreset(size, DEFAULT_GEOMETRY)
         self.mean, self.std = spec.mean, spec.std
 
@@ -95,6 +104,18 @@ class Backbone:
             x = x.contiguous(memory_format=torch.channels_last)
             out.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).numpy())
         return np.concatenate(out)
+
+    def horse_seen(self, features: np.ndarray) -> np.ndarray:
+        """P(sorrel or horse cart) per image by the backbone's ImageNet classifier: whether ImageNet sees a horse."""
+        weight, bias = self.classifier
+        logits = features @ weight.T + bias
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return p[:, list(HORSE_SYNSETS)].sum(1) / p.sum(1)
+
+
+def horse_by_class(seen: np.ndarray, y: np.ndarray) -> dict:
+    """Mean P(ImageNet's horse classes) per class."""
+    return {c: float(seen[y == k].mean()) for k, c in enumerate(CLASSES) if (y == k).any()}
 
 
 def cached_features(backbone: Backbone, items: list[tuple[str, int]], tag: str, work: str) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +170,9 @@ def scores(y: np.ndarray, predicted: np.ndarray) -> dict:
     return {"balanced": float(recall.mean()), "recall": dict(zip(CLASSES, map(float, recall))), "confusion": confusion.tolist()}
 
 
-def recalls(recall: dict) -> str:
-    """Recall per class as "both / horse / human"."""
-    return " / ".join(f"{recall[c]:.2f}" for c in CLASSES)
+def recalls(recall: dict, digits: int = 2) -> str:
+    """Recall (or any figure) per class as "both / horse / human"."""
+    return " / ".join(f"{recall[c]:.{digits}f}" for c in CLASSES)
 
 
 def summary(runs: list[dict]) -> dict:
@@ -172,7 +193,7 @@ def row(name: str, result: dict) -> str:
     only, added = result["renders_only"], result["with_other_cgi"]
     near = result["nearest_renders"]
     return (f"| {name} | {cell(only)} | {mean_recalls(only)} | {cell(added)} | {result['without_renders']['balanced']:.3f} | {result['images_per_s'] or 0:.1f} "
-            f"| {cell(near)} ({mean_recalls(near)}) |")
+            f"| {cell(near)} ({mean_recalls(near)}) | {recalls(result['horse_seen']['renders'], 3)} |")
 
 
 def main() -> None:
@@ -200,7 +221,8 @@ def main() -> None:
     other = [cached_features(backbone, class_files(root), tag, args.work) for root in OTHER_CGI]
     other_x, other_y = np.concatenate([x for x, _ in other]), np.concatenate([y for _, y in other])
     without = scores(real_y, fit_probe(other_x, other_y)(real_x))
-    only, added, near, seconds = [], [], [], 0.0
+    photos_horse = horse_by_class(backbone.horse_seen(real_x), real_y)
+    only, added, near, horse, seconds = [], [], [], [], 0.0
     sets = args.renders.split(",") if args.renders else list(map(int, args.seeds.split(",")))
     for seed in sets:
         start = time.perf_counter()
@@ -221,19 +243,22 @@ def main() -> None:
         only.append(scores(real_y, fit_probe(x, y)(real_x)))
         added.append(scores(real_y, fit_probe(np.concatenate([x, other_x]), np.concatenate([y, other_y]))(real_x)))
         near.append(scores(real_y, fit_neighbours(x, y)(real_x)))
+        horse.append(horse_by_class(backbone.horse_seen(x), y))
         print(f"seed {seed}: renders only {only[-1]['balanced']:.3f} (recall {recalls(only[-1]['recall'])}), "
               f"with the other CGI {added[-1]['balanced']:.3f}; confusion (rows true {', '.join(CLASSES)}) {only[-1]['confusion']}; "
-              f"nearest renders instead of the linear head {near[-1]['balanced']:.3f} (recall {recalls(near[-1]['recall'])})", flush=True)
+              f"nearest renders instead of the linear head {near[-1]['balanced']:.3f} (recall {recalls(near[-1]['recall'])}); "
+              f"ImageNet sees a horse {recalls(horse[-1], 3)} (photos {recalls(photos_horse, 3)})", flush=True)
     renders = len(only) * len(y)
     result = {
         "name": args.name, "arch": args.arch, "size": size, "per_class": args.per_class, "seeds": args.seeds,
         "renders_only": summary(only), "with_other_cgi": summary(added), "without_renders": without, "nearest_renders": summary(near),
-        "per_seed": {"renders_only": only, "with_other_cgi": added, "nearest_renders": near},
+        "horse_seen": {"renders": {c: float(np.mean([h[c] for h in horse])) for c in CLASSES}, "photos": photos_horse},
+        "per_seed": {"renders_only": only, "with_other_cgi": added, "nearest_renders": near, "horse_seen": horse},
         "images_per_s": None if args.renders else renders / seconds, "renders": args.renders, "workers": args.workers, "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
     }
     with open(os.path.join(args.work, "results.jsonl"), "a") as f:
         f.write(json.dumps(result) + "\n")
-    print("| renderer | renders only: balanced | recall both / horse / human | + other CGI: balanced | other CGI alone | renders/s | nearest renders (recall) |")
+    print("| renderer | renders only: balanced | recall both / horse / human | + other CGI: balanced | other CGI alone | renders/s | nearest renders (recall) | ImageNet sees a horse |")
     print(row(args.name, result))
 
 

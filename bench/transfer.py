@@ -1,6 +1,6 @@
 """Model quality with pretrained backbones: `cgi2real train` on CGI only, measured on real photos.
 
-    python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--work DIR] [--publish docs/transfer.md]
+    python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--render-seed 0] [--work DIR] [--publish docs/transfer.md]
 
 Every run trains with `cgi2real.stages.train.run` (Ray Train, the CLI's code) on CGI-only roots from
 ../shared/data and renders of `cgi2real synth`, then `cgi2real.stages.evaluate.run` measures it on
@@ -95,8 +95,8 @@ def train_config(run: Run, seed: int, args, work: str) -> TrainConfig:
 
 
 def render_root(work: str, size: int, args) -> str:
-    root = os.path.join(work, f"renders-{size}px")
-    synth.run(SynthConfig(out=root, per_class=args.per_class, size=size, seed=0))  # renders only what is missing
+    root = os.path.join(work, f"renders-{size}px" + (f"-seed{args.render_seed}" if args.render_seed else ""))
+    synth.run(SynthConfig(out=root, per_class=args.per_class, size=size, seed=args.render_seed))  # renders only what is missing
     return root
 
 
@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/cgi2real/transfer"))
     parser.add_argument("--per-class", type=int, default=300, help="renders per class (for runs on renders)")
+    parser.add_argument("--render-seed", type=int, default=0, help="the renders' seed (`cgi2real synth --seed`); use one WORK per render seed")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--publish", help="also write the table here (e.g. docs/transfer.md)")
     args = parser.parse_args()
