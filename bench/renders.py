@@ -107,15 +107,15 @@ class Backbone:
 
     def horse_seen(self, features: np.ndarray) -> np.ndarray:
         """P(sorrel or horse cart) per image by the backbone's ImageNet classifier: whether ImageNet sees a horse."""
+        from scipy.special import softmax
+
         weight, bias = self.classifier
-        logits = features @ weight.T + bias
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        return p[:, list(HORSE_SYNSETS)].sum(1) / p.sum(1)
+        return softmax(features @ weight.T + bias, axis=1)[:, list(HORSE_SYNSETS)].sum(1)
 
 
 def horse_by_class(seen: np.ndarray, y: np.ndarray) -> dict:
-    """Mean P(ImageNet's horse classes) per class."""
-    return {c: float(seen[y == k].mean()) for k, c in enumerate(CLASSES) if (y == k).any()}
+    """Mean P(ImageNet's horse classes) per class (NaN for a class the images lack)."""
+    return {c: float(seen[y == k].mean()) if (y == k).any() else float("nan") for k, c in enumerate(CLASSES)}
 
 
 def cached_features(backbone: Backbone, items: list[tuple[str, int]], tag: str, work: str) -> tuple[np.ndarray, np.ndarray]:
