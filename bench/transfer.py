@@ -1,6 +1,6 @@
 """Model quality with pretrained backbones: `cgi2real train` on CGI only, measured on real photos.
 
-    python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--render-seed 0] [--work DIR] [--publish docs/transfer.md]
+    python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--render-seed 0[,1,...]] [--work DIR] [--publish docs/transfer.md]
 
 Every run trains with `cgi2real.stages.train.run` (Ray Train, the CLI's code) on CGI-only roots from
 ../shared/data and renders of `cgi2real synth`, then `cgi2real.stages.evaluate.run` measures it on
@@ -38,7 +38,7 @@ SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "s
 ROOTS = {
     "hoh": os.path.join(SHARED, "horse_or_human", "train"),
     "seed": os.path.join(SHARED, "cgi2real_seed", "val"),
-    "renders": None,  # WORK/renders-<size>px, rendered by this checkout (`--scenes photo`, with masks)
+    "renders": None,  # WORK/renders-<size>px[-seed<N>] per render seed, rendered by this checkout (`--scenes photo`, with masks)
 }
 EVAL_SETS = {
     "real_dev/val": os.path.join(SHARED, "real_dev", "val"),
@@ -86,17 +86,23 @@ RUNS = [
 
 
 def train_config(run: Run, seed: int, args, work: str) -> TrainConfig:
+    """The run's training settings. With several render seeds, each seed's renders are a root drawn
+    1/n times per epoch: as many renders per epoch as one seed gives, from n times as many."""
     size = ARCHS[run.arch].image_size
-    data = tuple(ROOTS[key] or render_root(work, size, args) for key in run.data)
+    data, weights = [], []
+    for key in run.data:
+        roots = [ROOTS[key]] if ROOTS[key] else [render_root(work, size, render_seed, args.per_class) for render_seed in args.render_seeds]
+        data += roots
+        weights += [1 / len(roots)] * len(roots)
     return TrainConfig(
-        data=data, out=os.path.join(work, f"{run.name}-s{seed}", "package"), arch=run.arch, val_fraction=0.1,
+        data=tuple(data), data_weights=tuple(weights), out=os.path.join(work, f"{run.name}-s{seed}", "package"), arch=run.arch, val_fraction=0.1,
         batch_size=args.batch_size, storage=os.path.join(work, "runs"), name=f"{run.name}-s{seed}", seed=seed, **run.recipe,
     )
 
 
-def render_root(work: str, size: int, args) -> str:
-    root = os.path.join(work, f"renders-{size}px" + (f"-seed{args.render_seed}" if args.render_seed else ""))
-    synth.run(SynthConfig(out=root, per_class=args.per_class, size=size, seed=args.render_seed))  # renders only what is missing
+def render_root(work: str, size: int, render_seed: int, per_class: int) -> str:
+    root = os.path.join(work, f"renders-{size}px" + (f"-seed{render_seed}" if render_seed else ""))
+    synth.run(SynthConfig(out=root, per_class=per_class, size=size, seed=render_seed))  # renders only what is missing
     return root
 
 
@@ -153,7 +159,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/cgi2real/transfer"))
     parser.add_argument("--per-class", type=int, default=300, help="renders per class (for runs on renders)")
-    parser.add_argument("--render-seed", type=int, default=0, help="the renders' seed (`cgi2real synth --seed`); use one WORK per render seed")
+    parser.add_argument("--render-seed", default="0", help="the renders' seed (`cgi2real synth --seed`), or several (0,1,2: "
+                        "one root per seed, each drawn 1/n times per epoch); use one WORK per choice")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--publish", help="also write the table here (e.g. docs/transfer.md)")
     args = parser.parse_args()
@@ -162,6 +169,7 @@ def main() -> None:
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    args.render_seeds = [int(s) for s in args.render_seed.split(",")]
     by_name = {r.name: r for r in RUNS}
     unknown = set(args.runs.split(",")) - set(by_name)
     if unknown:
