@@ -91,12 +91,13 @@ def train_config(run: Run, seed: int, args, work: str) -> TrainConfig:
     size = ARCHS[run.arch].image_size
     data, weights = [], []
     for key in run.data:
-        roots = [ROOTS[key]] if ROOTS[key] else [render_root(work, size, render_seed, args.per_class) for render_seed in args.render_seeds]
+        roots = [ROOTS[key]] if ROOTS[key] else [render_root(work, size, render_seed, args.per_class) for render_seed in args.render_seed]
         data += roots
         weights += [1 / len(roots)] * len(roots)
     return TrainConfig(
-        data=tuple(data), data_weights=tuple(weights), out=os.path.join(work, f"{run.name}-s{seed}", "package"), arch=run.arch, val_fraction=0.1,
-        batch_size=args.batch_size, storage=os.path.join(work, "runs"), name=f"{run.name}-s{seed}", seed=seed, **run.recipe,
+        data=tuple(data), data_weights=tuple(weights), out=os.path.join(work, f"{run.name}-s{seed}", "package"), arch=run.arch,
+        val_fraction=0.1, batch_size=args.batch_size, storage=os.path.join(work, "runs"), name=f"{run.name}-s{seed}", seed=seed,
+        **run.recipe,
     )
 
 
@@ -153,13 +154,18 @@ def results_markdown(rows: list[dict], hardware: str, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_list(text: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2] (argparse reports a ValueError as a bad value)."""
+    return [int(s) for s in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default=",".join(r.name for r in RUNS))
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", type=seed_list, default="0,1")
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/cgi2real/transfer"))
     parser.add_argument("--per-class", type=int, default=300, help="renders per class (for runs on renders)")
-    parser.add_argument("--render-seed", default="0", help="the renders' seed (`cgi2real synth --seed`), or several (0,1,2: "
+    parser.add_argument("--render-seed", type=seed_list, default="0", help="the renders' seed (`cgi2real synth --seed`), or several (0,1,2: "
                         "one root per seed, each drawn 1/n times per epoch); use one WORK per choice")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--publish", help="also write the table here (e.g. docs/transfer.md)")
@@ -168,8 +174,7 @@ def main() -> None:
         sys.exit(f"the shared data is not at {SHARED}; this benchmark needs it")
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    args.render_seeds = [int(s) for s in args.render_seed.split(",")]
+    seeds = args.seeds
     by_name = {r.name: r for r in RUNS}
     unknown = set(args.runs.split(",")) - set(by_name)
     if unknown:
