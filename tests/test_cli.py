@@ -47,6 +47,7 @@ def test_train_unknown_class_folder(tmp_path):
     assert_one_line_error(invoke("train", tmp_path, "--out", tmp_path / "pkg", "--weights", "none", code=None), "zebra")
 
 
+@pytest.mark.slow  # 8-14 s: kept out of the quick suite, run by CI
 def test_train_image_size_too_small(image_root, tmp_path):
     assert_one_line_error(invoke("train", image_root(), "--out", tmp_path / "pkg", "--image-size", 64, code=None), "at least 75")
 
@@ -214,6 +215,7 @@ def test_python_dash_m_cgi2real_is_the_cli():
     assert result.returncode == 0 and "Usage: cgi2real info" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # 8-14 s: kept out of the quick suite, run by CI
 def test_an_output_is_never_a_file_an_input_or_inside_one(image_root, package, tmp_path):
     """Each refused in one line, exit 2, before any work, and nothing is written into the inputs."""
     import numpy as np

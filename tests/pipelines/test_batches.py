@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cgi2real.core.classes import DEFAULT_CLASSES, composite_pairs
 from cgi2real.formats.class_folders import scan_labeled_dataset
@@ -50,6 +51,7 @@ FILES = 300
 PEAK_GROWTH_KIB = 400 * 1024  # over the warmed-up process; the 20000x1 strip alone took 1.6 GB before
 
 
+@pytest.mark.slow  # 8-14 s: kept out of the quick suite, run by CI
 def test_mutated_files_give_one_row_each_with_bounded_memory(tmp_path):
     paths = write(str(tmp_path / "fuzz"), FILES)
     run = subprocess.run([sys.executable, "-m", "tests.fuzz_images", str(tmp_path / "fuzz")], capture_output=True, text=True, cwd=ROOT, timeout=600)

@@ -160,6 +160,7 @@ def test_another_model_is_refused_and_overwrite_relabels(ray_cluster, package, i
     assert table.num_rows == 12 and set(table["model"].to_pylist()) == {other_id}
 
 
+@pytest.mark.slow  # 8-14 s: kept out of the quick suite, run by CI
 def test_a_package_whose_weights_were_changed_or_do_not_fit_is_refused_in_one_line(ray_cluster, package, image_root, tmp_path):
     """Changed weights are refused by the driver (their SHA-256); weights that do not fit the
     network are refused by the model actors as they build it, and the run says why in one line,
