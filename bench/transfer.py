@@ -174,7 +174,6 @@ def main() -> None:
         sys.exit(f"the shared data is not at {SHARED}; this benchmark needs it")
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
-    seeds = args.seeds
     by_name = {r.name: r for r in RUNS}
     unknown = set(args.runs.split(",")) - set(by_name)
     if unknown:
@@ -186,11 +185,11 @@ def main() -> None:
     results_file = os.path.join(work, "results.json")
     rows = json.load(open(results_file)) if os.path.exists(results_file) else []
     for run in chosen:
-        for seed in seeds:
+        for seed in args.seeds:
             rows = [r for r in rows if (r["run"], r["seed"]) != (run.name, seed)] + [measure(run, seed, args, work)]
             with open(results_file, "w") as f:
                 json.dump(rows, f, indent=1)
-    text = results_markdown(rows, hardware, seeds)
+    text = results_markdown(rows, hardware, args.seeds)
     with open(os.path.join(work, "results.md"), "w") as f:
         f.write(text)
     if args.publish:
