@@ -78,6 +78,8 @@ RUNS = [
         {**PHOTO, **FT6, "freeze_bn": True}),
     Run("lite0-renders-plain-ft6-bn", "Lite0, renders only, the default recipe + 2 epochs fine-tuning blocks.6 on at 1e-5 (`--freeze-bn`)",
         "efficientnet_lite0", ("renders",), {**PLAIN, **FT6, "freeze_bn": True}),
+    Run("lite0-renders-paste-ft6-bn", "Lite0, renders only, as `lite0-renders-plain-ft6-bn` with the other class's figure pasted into a quarter of "
+        "the horse and human renders (-> both)", "efficientnet_lite0", ("renders",), {**PLAIN, "paste_prob": 0.25, **FT6, "freeze_bn": True}),
     Run("lite0-all-plain-ft6-bn", "Lite0, hoh + seed + renders, as `lite0-renders-plain-ft6-bn`", "efficientnet_lite0", ("hoh", "seed", "renders"),
         {**PLAIN, **FT6, "freeze_bn": True}),
     Run("lite2", "Lite2 (260 px), the default recipe", "efficientnet_lite2", ("hoh", "seed"), PLAIN),
