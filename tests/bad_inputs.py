@@ -62,7 +62,7 @@ def sandbox(root: str) -> dict[str, str]:
     from tests.stages.test_review import make_table
 
     places = {name: os.path.join(root, name.lower()) for name in ("DATA", "IMAGES", "FEW", "PKG", "TABLE", "REPORT", "FILE", "EMPTY", "NOPE", "NEW")}
-    write_dataset(places["DATA"], 24, size=96, seed=0)
+    write_dataset(places["DATA"], 24, size=96, seed=0, processes=2)
     make_table(places["TABLE"], places["IMAGES"], n=70, parts=1)
     write_dataset(places["FEW"], 3, size=96, seed=1)
     make_package(places["PKG"], places["DATA"])

@@ -44,7 +44,7 @@ def image_root(tmp_path_factory):
         key = (per_class, size, seed)
         if key not in made:
             folder = tmp_path_factory.mktemp(f"images_{per_class}_{size}_{seed}")
-            write_dataset(str(folder), per_class, size=size, seed=seed)
+            write_dataset(str(folder), per_class, size=size, seed=seed, processes=2)
             made[key] = str(folder)
         return made[key]
 

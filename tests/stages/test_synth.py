@@ -53,6 +53,11 @@ def test_write_dataset_layout_and_every_image_decodes_at_its_size(tmp_path):
         assert names == [f"{label}_000000.jpg", f"{label}_000001.jpg"]
         for name in names:
             assert decode_image((tmp_path / label / name).read_bytes()).size == (80, 80)
+    # in two spawned processes (how the test fixtures render): the same files, to the byte
+    assert write_dataset(str(tmp_path / "two"), 2, size=80, seed=3, processes=2) == 6
+    for folder in (*DEFAULT_CLASSES, "_masks/horse"):
+        for name in os.listdir(tmp_path / folder):
+            assert (tmp_path / "two" / folder / name).read_bytes() == (tmp_path / folder / name).read_bytes(), name
 
 
 def test_contact_sheet_is_a_png_grid(tmp_path):
@@ -155,9 +160,9 @@ def test_no_backdrop_or_animal_gives_the_class_away(renders):
 def test_a_small_cnn_learns_the_classes_from_renders(renders):
     """Train a 4-block CNN on 225 renders per class (64 px), test on the other 75: it must beat chance (1/3) widely.
 
-    Asserted: accuracy >= 0.5. Measured on the dev VM: 0.618 (the previous renderer's easier
+    Asserted: accuracy >= 0.5. Measured on the dev VM: 0.596 on 2026-12-03 (0.618 before issue 29; the previous renderer's easier
     scenes gave 0.66-0.69). With 225 test images the standard error is about 0.03: 0.5 sits
-    almost four of them below, and five above chance.
+    about three of them below, and five above chance.
     """
     torch.manual_seed(0)
     split = 225
