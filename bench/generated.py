@@ -8,25 +8,16 @@ import os
 import shutil
 
 from cgi2real.core.classes import DEFAULT_CLASSES
-from cgi2real.stages.synth import image_name, write_rendering
-from cgi2real.storage.locations import locate
+from cgi2real.stages.synth import image_name, write_dataset
 
 
 def replicated_dataset(out: str, per_class: int, size: int = 320, unique: int = 40) -> str:
     """Class folders with `per_class` JPEGs each, of which `unique` are distinct renders (rendered on every core)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    renders = [(label, i) for label in DEFAULT_CLASSES for i in range(min(unique, per_class))]
-    with ProcessPoolExecutor() as pool:
-        list(pool.map(_render, [out] * len(renders), *zip(*renders), [size] * len(renders)))
+    write_dataset(out, min(unique, per_class), size=size, seed=0, processes=os.cpu_count() or 1)
     for label in DEFAULT_CLASSES:
         for i in range(unique, per_class):
             shutil.copyfile(os.path.join(out, image_name(label, i % unique)), os.path.join(out, image_name(label, i)))
     return out
-
-
-def _render(out: str, label: str, index: int, size: int) -> None:
-    write_rendering(locate(out), label, index, size, seed=0)
 
 
 def photo_sized_dataset(out: str, count: int, unique: int = 500, large_share: float = 0.02, seed: int = 0) -> str:

@@ -64,18 +64,14 @@ def write_dataset(out: str, per_class: int, size: int = 299, seed: int = 0, clas
     `processes` fresh ones (spawned: safe beside Ray's and torch's threads); return how many."""
     root = locate(out, s3_endpoint)
     jobs = [(label, i) for label in classes for i in range(per_class)]
-    write = partial(_write_job, root, size, seed)
+    write = partial(write_rendering, root, size=size, seed=seed)
     if processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(write, jobs, chunksize=-(-len(jobs) // (4 * processes))))
+            list(pool.map(write, *zip(*jobs), chunksize=-(-len(jobs) // (4 * processes))))
     else:
-        for job in jobs:
-            write(job)
+        for label, i in jobs:
+            write(label, i)
     return len(jobs)
-
-
-def _write_job(root: Location, size: int, seed: int, job: tuple[str, int]) -> None:
-    write_rendering(root, job[0], job[1], size, seed)
 
 
 def render_batch(batch: dict, root: Location, size: int, seed: int, masks: bool, scenes: str = "photo") -> dict:
