@@ -1,6 +1,6 @@
 """`--decode device` against `--decode cpu`: the same labels, probabilities and error rows?
 
-    python bench/decode_equivalence.py --model PKG [--data DIR ...]
+    python bench/decode_equivalence.py --model PKG [--data DIR ...] [--gpu]
 
 Labels each folder twice with `cgi2real.stages.label.run` (whole pipeline, Ray included), once per mode,
 and compares the tables row by row: label agreement, the largest and mean probability difference,
@@ -47,13 +47,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a trained model package")
     parser.add_argument("--data", nargs="+", default=[d for d in DEFAULT_DATA if os.path.isdir(d)])
+    parser.add_argument("--gpu", action="store_true", help="the model on the GPU (bf16, eager: the decoders are compared, not the compiler) in both runs; --decode device decodes there too")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-decode-")
     for k, data in enumerate(args.data):
         tables = {}
         for mode in ("cpu", "device"):
             tables[mode] = os.path.join(tmp, f"{k}-{mode}")
-            run(LabelConfig(source=data, model=args.model, out=tables[mode], decode=mode, use_gpu=False))
+            run(LabelConfig(source=data, model=args.model, out=tables[mode], decode=mode, use_gpu=args.gpu, compile=False))
         result = compare(tables["cpu"], tables["device"])
         print(f"{data}: {result}")
 

@@ -175,8 +175,12 @@ def main() -> None:
     parser.add_argument("--compile", nargs="+", choices=["auto", "on", "off"], default=["auto"],
                         help="the model step compiled or not (auto: cgi2real label's default, on GPUs only); the bare model is timed both ways "
                              "when more than one is given, and the pipeline runs with each")
+    parser.add_argument("--pipeline-compile", nargs="+", choices=["auto", "on", "off"], default=None,
+                        help="the pipeline runs' compile modes, each one of --compile's (default: every --compile mode)")
     parser.add_argument("--gpu", action="store_true", help="model on the GPU (bf16) in all three")
     args = parser.parse_args()
+    if not set(args.pipeline_compile or ()) <= set(args.compile):
+        parser.error("--pipeline-compile takes modes that --compile times the bare model with")
 
     tmp = tempfile.mkdtemp(prefix="cgi2real-bench-label-")
     data = args.data
@@ -241,7 +245,7 @@ def measure_arch(arch: str, args, files, tmp: str) -> tuple[float, float]:
     del decoded
 
     pipeline = 0.0
-    for decode, actors, mode in [(d, a, m) for d in args.decode or [None] for a in args.actors for m in args.compile]:
+    for decode, actors, mode in [(d, a, m) for d in args.decode or [None] for a in args.actors for m in args.pipeline_compile or args.compile]:
         out = os.path.join(tmp, f"labels-{arch}-{decode}-{actors}-{mode}")
         cfg = LabelConfig(source=files.root.uri, model=package, out=out, batch_size=batch_size, actors=actors, use_gpu=args.gpu, decode=decode,
                           compile=COMPILE[mode])

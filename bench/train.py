@@ -135,7 +135,7 @@ def main() -> None:
     print(f"bare torch loop, img/s per epoch:  {', '.join(f'{r:.1f}' for r in bare)}")
     for decode in args.decode:
         start = time.perf_counter()
-        summary = run(replace(cfg, decode=decode, name=f"bench-{decode}"))
+        summary = run(replace(cfg, decode=decode, name=f"bench-{decode}", out=os.path.join(tmp, f"pkg-{decode}")))
         wall = time.perf_counter() - start
         ray_rates = [e["img_per_s"] for e in summary.history]
         steady_ray = sum(ray_rates[1:]) / len(ray_rates[1:])

@@ -23,9 +23,11 @@ from cgi2real.imaging.gpu_train import DeviceTrainPreset
 from cgi2real.imaging.presets import EvalPreset
 from cgi2real.model.networks import initial_model, package_config, read_starting_weights, save_model_package, set_trainable
 from cgi2real.model.training import (
+    Diverged,
     EpochStats,
     MaskedCrossEntropy,
     UnreadableImages,
+    check_finite,
     check_readable,
     epoch_metrics,
     evaluate,
@@ -98,9 +100,11 @@ def train_loop_per_worker(config: dict) -> None:
             train_batches = counted(train_batches, progress, worker.world_size)
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device, arch.mean, arch.std, cfg.freeze_bn), device)
         check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)
+        check_finite(train_stats, "training", epoch + 1)
         scheduler.step()
         val_stats = reduce_stats(evaluate(model, loss_fn, val_batches_of(val_shard), device, arch.mean, arch.std), device)
         check_readable(val_stats, "validation", epoch + 1, cfg.max_unreadable)
+        check_finite(val_stats, "validation", epoch + 1)
         metrics = epoch_metrics(epoch, cfg.epochs, stage, lr, trainable, train_stats, val_stats)
         history.append(metrics)
         state = {
@@ -175,7 +179,7 @@ def run(cfg: TrainConfig, checked: TrainPlan | None = None) -> TrainSummary:
 def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, loop_config: dict):
     return fit(
         train_loop_per_worker, loop_config, what="training", workers=cfg.workers, use_gpu=use_gpu, storage=storage, name=name,
-        max_failures=cfg.max_failures, datasets=datasets, checkpoint_config=checkpoint_config(), expected=UnreadableImages,
+        max_failures=cfg.max_failures, datasets=datasets, checkpoint_config=checkpoint_config(), expected=(UnreadableImages, Diverged),
     )
 
 

@@ -8,9 +8,11 @@ import torch
 from cgi2real.core.config import TrainConfig
 from cgi2real.model.networks import build_model, set_trainable
 from cgi2real.model.training import (
+    Diverged,
     EpochStats,
     MaskedCrossEntropy,
     UnreadableImages,
+    check_finite,
     check_readable,
     checkpoint_score,
     evaluate,
@@ -107,3 +109,17 @@ def test_an_epoch_with_too_many_unreadable_images_stops_the_run():
     check_readable(EpochStats(3, n=95, bad=5), "training", 1, 0.05)  # 5 %: skipped and counted
     with pytest.raises(UnreadableImages, match="6 of 100 validation images of epoch 2 could not be read"):
         check_readable(EpochStats(3, n=94, bad=6), "validation", 2, 0.05)
+
+
+def test_an_epoch_whose_loss_is_not_a_number_stops_the_run():
+    torch.manual_seed(0)
+    model = build_model(2, 80, "none")
+    loss_fn = MaskedCrossEntropy()
+    sane = train_one_epoch(model, loss_fn, torch.optim.AdamW(model.parameters(), lr=1e-3), batches(3), CPU)
+    check_finite(sane, "training", 1)
+    blown = train_one_epoch(model, loss_fn, torch.optim.AdamW(model.parameters(), lr=1e30), batches(3), CPU)  # weights of +-1e30 overflow
+    with pytest.raises(Diverged, match="training diverged in epoch 2: the training loss is nan, so this epoch's weights are not kept"):
+        check_finite(blown, "training", 2)
+    check_finite(EpochStats(3, loss_sum=0.0, n=0), "validation", 2)  # no usable rows: nothing to judge (check_readable's call)
+    with pytest.raises(Diverged, match="the validation loss is inf"):
+        check_finite(EpochStats(3, loss_sum=float("inf"), n=4), "validation", 3)

@@ -224,3 +224,12 @@ def test_training_stops_when_too_many_images_cannot_be_read(ray_cluster, image_r
                     "--storage", tmp_path / "runs", code=1)
     assert "1 of 18 training images of epoch 1 could not be read or decoded (more than 5%, --max-unreadable)" in result.stderr, result.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+def test_training_that_diverges_stops_in_one_line_without_a_package(ray_cluster, image_root, tmp_path):
+    # a rate of 1e30 makes the weights +-1e30 after the first step: the loss overflows to NaN
+    result = invoke("train", image_root(8, 96), "--out", tmp_path / "pkg", *SMALL, "--batch-size", 6, "--epochs-head", 0, "--epochs-finetune", 1,
+                    "--lr-finetune", "1e30", "--storage", tmp_path / "runs", code=1)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # the rest: the module Ray's worker logs
+    assert len(errors) == 1 and "training diverged in epoch 1: the training loss is nan, so this epoch's weights are not kept" in errors[0], result.stderr
+    assert not (tmp_path / "pkg").exists()
