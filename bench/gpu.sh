@@ -9,7 +9,8 @@
 # for the decoders' equivalence check; without it that part is skipped.
 # Results go to $OUT/label.txt, train.txt, equivalence.txt, framing.txt (what the tool brings back)
 # and to stdout. Each part runs under its own time limit (LABEL_S, TRAIN_S, EQ_S, FRAMING_S seconds)
-# so that one slow part still leaves the others' figures; the parts run in that order.
+# so that one slow part still leaves the others' figures; the parts run in that order. After a part
+# that fails, `ray stop --force` stops every Ray on the machine (mind that in a dry run).
 #
 # PART=label, train, eq or framing runs one part. Dry run on a CPU machine, small and without --gpu,
 # to check the script itself before spending device time, with the venv first on PATH:
@@ -59,8 +60,10 @@ part() {
   [[ "${PART:-all}" == all || "${PART}" == "$name" ]] || return 0
   timeout -k 10 "$limit" "$@" 2>&1 | grep --line-buffered -v "WARNING\|INFO\|labeled (\|Reporting training result" | tee "$OUT/$file"
   local rc=${PIPESTATUS[0]}
-  (( rc == 0 )) || echo "$name benchmark FAILED (exit $rc$( ((rc == 124)) && echo ": over its ${limit} s" ))" | tee -a "$OUT/$file"
-  python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # what a killed part left behind
+  if (( rc != 0 )); then
+    echo "$name benchmark FAILED (exit $rc$( ((rc == 124)) && echo ": over its ${limit} s" ))" | tee -a "$OUT/$file"
+    python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # what the killed part left behind (any Ray on this machine)
+  fi
   echo "$name benchmark: $((SECONDS - start)) s" | tee -a "$OUT/$file"
 }
 
