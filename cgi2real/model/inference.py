@@ -5,13 +5,16 @@ softmax), so that `torch.compile` fuses the uint8 -> float scaling into the firs
 input and the softmax into the head. A compiled step is specialised to its batch shape: batches
 are padded up to one of two fixed sizes (`bucket_sizes`), so a short last batch reuses a compiled
 shape instead of compiling a new one, and both shapes are compiled (and cuDNN autotuned) once, in
-`warm_up`, while the labeling actor starts and the first files are read.
+`warm_up`. A labeling actor warms up in the background (`warm_up(..., background=True)`): it labels
+with the eager step from its first batch while a thread compiles, and switches to the compiled step
+when both shapes are ready, so compiling delays no row.
 
 Compiling is the default on GPUs only. On the 2-core CPU VM a compiled Inception v3 labeled 1.36x
 as fast as eager once running (128 px), but took 85 s per actor to compile (cold compiler cache),
 earned back only after about 25,000 images (BENCHMARKS.md); `--compile` turns it on there.
 """
 
+import threading
 import time
 import warnings
 
@@ -52,6 +55,9 @@ class InferenceStep:
         self.buckets = bucket_sizes(batch_size) if self.compiled or device.type == "cuda" else ()
         self.step = torch.compile(self._probabilities, dynamic=False) if self.compiled else self._probabilities
         self.warm_up_seconds = 0.0
+        self.ready = threading.Event()  # set once `step` is compiled for every bucket; until then batches run eager
+        if not self.compiled:
+            self.ready.set()
 
     def _probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         images = to_model(pixels, self.device, self.mean, self.std)
@@ -59,20 +65,41 @@ class InferenceStep:
             logits = self.model(images)  # (B, K)
         return torch.softmax(logits.float(), dim=1)
 
-    def warm_up(self, image_size: int) -> float:
+    def warm_up(self, image_size: int, background: bool = False) -> float:
         """Run each bucket once on blank images: compiling and autotuning happen here, not on the
-        first real batch. Returns the seconds it took (also kept in `warm_up_seconds`)."""
+        first real batch. Returns the seconds it took (also kept in `warm_up_seconds`).
+
+        With `background`, a compiled step is built in a thread instead (returning 0 at once): batches
+        run eager until `ready` is set. The eager step is warmed here either way.
+        """
         start = time.perf_counter()
-        for size in self.buckets:
-            self(torch.zeros((size, 3, image_size, image_size), dtype=torch.uint8, device=self.device))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        if background and self.compiled:
+            self._warm(image_size, self._probabilities)
+            threading.Thread(target=self._compile_in_background, args=(image_size,), name="compile-model-step", daemon=True).start()
+            return 0.0
+        self._warm(image_size, self.step)
         self.warm_up_seconds = time.perf_counter() - start
+        self.ready.set()
         return self.warm_up_seconds
 
+    def _warm(self, image_size: int, step) -> None:
+        for size in self.buckets:
+            self._run(torch.zeros((size, 3, image_size, image_size), dtype=torch.uint8, device=self.device), step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _compile_in_background(self, image_size: int) -> None:
+        start = time.perf_counter()
+        try:
+            self._warm(image_size, self.step)  # a failed compile falls back to eager in _run, with its warning
+        finally:
+            self.warm_up_seconds = time.perf_counter() - start
+            self.ready.set()
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        step = self.step if self.ready.is_set() else self._probabilities
         if not self.buckets:
-            return self._run(pixels)
+            return self._run(pixels, step)
         pieces = []
         for start in range(0, len(pixels), self.batch_size):
             piece = pixels[start:start + self.batch_size]
@@ -80,15 +107,15 @@ class InferenceStep:
             bucket = next(b for b in self.buckets if b >= n)
             if bucket > n:
                 piece = torch.cat([piece, piece.new_zeros((bucket - n, *piece.shape[1:]))])
-            pieces.append(self._run(piece)[:n])
+            pieces.append(self._run(piece, step)[:n])
         return torch.cat(pieces) if len(pieces) != 1 else pieces[0]
 
     @torch.inference_mode()  # only here: a piece padded under it would be an inference tensor, which compiles anew
-    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _run(self, pixels: torch.Tensor, step) -> torch.Tensor:
         try:
-            return self.step(pixels)
+            return step(pixels)
         except Exception as e:
-            if not self.compiled:
+            if step == self._probabilities:  # eager: a real error (bound methods compare equal, not identical)
                 raise
             warnings.warn(f"torch.compile failed ({first_line(e)}); labeling on with the eager model", stacklevel=2)
             self.compiled, self.step = False, self._probabilities

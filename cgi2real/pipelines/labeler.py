@@ -27,12 +27,14 @@ class Labeler:
 
     Plain torch (Ray Data runs it as a pool of actors; tests call it directly). The model is built
     once, from the package's safetensors bytes (or an ObjectRef to them), and its step
-    (`InferenceStep`: compiled on GPUs) warmed up before the first batch. Rows with an error pass
-    through with NaN probabilities.
+    (`InferenceStep`: compiled on GPUs) warmed up before the first batch; with `compile_in_background`
+    (the pipeline's actors) the first batches run eager while the compiled step is built. Rows with
+    an error pass through with NaN probabilities.
     """
 
     def __init__(self, config: dict, weights, use_gpu: bool = False, actors_per_node: int | None = None, decode: str = "cpu",
-                 batch_size: int | None = None, compile: bool | None = None, package_uri: str = "(given as bytes)"):
+                 batch_size: int | None = None, compile: bool | None = None, package_uri: str = "(given as bytes)",
+                 compile_in_background: bool = False):
         if not isinstance(weights, bytes):  # an ObjectRef: one copy in the object store serves every actor
             import ray
 
@@ -45,7 +47,8 @@ class Labeler:
             torch.set_num_threads(max(1, node_cpus() // actors_per_node))
         batch_size = batch_size or (GPU_BATCH_SIZE if use_gpu else CPU_BATCH_SIZE)
         self.step = InferenceStep(package.model, self.device, package.mean, package.std, batch_size, compile)
-        self.step.warm_up(package.image_size)  # compiled and autotuned before the first batch arrives
+        # compiled and autotuned before the first batch, or (in the pipeline's actors) while the first batches run eager
+        self.step.warm_up(package.image_size, background=compile_in_background)
         self.num_classes = len(package.classes)
         self.decode = decode
         if decode == "device":

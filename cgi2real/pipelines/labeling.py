@@ -107,6 +107,7 @@ def labeling_dataset(rows, fs: pafs.FileSystem, package: PackageInfo, package_ur
             fn_constructor_kwargs={
                 "config": package.config, "weights": weights_ref, "use_gpu": plan.use_gpu, "actors_per_node": plan.actors_per_node, "decode": plan.decode,
                 "batch_size": plan.batch_size, "compile": plan.compile, "package_uri": package_uri,
+                "compile_in_background": True,  # rows flow from the first batch; compiled kernels take over when built
             },
             batch_size=plan.batch_size,
             batch_format="numpy",

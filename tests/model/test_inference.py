@@ -61,3 +61,20 @@ def test_a_compiled_step_compiles_its_shapes_at_warm_up_and_matches_eager():
     assert counters["stats"]["unique_graphs"] == graphs, "a batch after warm-up compiled again"
     eager = step("efficientnet_lite0", 96, 8, compile=False)
     torch.testing.assert_close(probs, eager(images), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_step_compiled_in_the_background_labels_eager_until_it_is_ready():
+    from torch._dynamo.utils import counters
+
+    images = pixels(11, 96)
+    eager = step("efficientnet_lite0", 96, 8, compile=False)(images)
+    background = step("efficientnet_lite0", 96, 8, compile=True)
+    assert background.warm_up(96, background=True) == 0.0  # returns at once: the eager step is warmed, the compiled one builds
+    assert not background.ready.is_set()  # compiling takes seconds: this call runs eager, the same function as `eager`
+    torch.testing.assert_close(background(images), eager, atol=1e-6, rtol=1e-6)
+    assert background.ready.wait(timeout=600) and background.compiled and background.warm_up_seconds > 0
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    probs = background(images)  # now compiled: a full piece and a short one, both shapes built in the thread
+    assert counters["stats"]["unique_graphs"] == compiled_graphs, "the calling thread compiled again"
+    torch.testing.assert_close(probs, eager, atol=1e-4, rtol=1e-3)
