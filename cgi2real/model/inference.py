@@ -72,29 +72,27 @@ class InferenceStep:
         With `background`, a compiled step is built in a thread instead (returning 0 at once): batches
         run eager until `ready` is set. The eager step is warmed here either way.
         """
-        start = time.perf_counter()
         if background and self.compiled:
             self._warm(image_size, self._probabilities)
-            threading.Thread(target=self._compile_in_background, args=(image_size,), name="compile-model-step", daemon=True).start()
+            threading.Thread(target=self._build, args=(image_size,), name="compile-model-step", daemon=True).start()
             return 0.0
-        self._warm(image_size, self.step)
-        self.warm_up_seconds = time.perf_counter() - start
-        self.ready.set()
+        self._build(image_size)
         return self.warm_up_seconds
 
-    def _warm(self, image_size: int, step) -> None:
-        for size in self.buckets:
-            self._run(torch.zeros((size, 3, image_size, image_size), dtype=torch.uint8, device=self.device), step)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def _compile_in_background(self, image_size: int) -> None:
+    def _build(self, image_size: int) -> None:
+        """Warm `step` on every bucket (compiling it, if compiled), time it, and mark it ready."""
         start = time.perf_counter()
         try:
             self._warm(image_size, self.step)  # a failed compile falls back to eager in _run, with its warning
         finally:
             self.warm_up_seconds = time.perf_counter() - start
             self.ready.set()
+
+    def _warm(self, image_size: int, step) -> None:
+        for size in self.buckets:
+            self._run(torch.zeros((size, 3, image_size, image_size), dtype=torch.uint8, device=self.device), step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         step = self.step if self.ready.is_set() else self._probabilities

@@ -220,3 +220,12 @@ def check_finite(stats: "EpochStats", split: str, epoch: int) -> None:
             f"training diverged in epoch {epoch}: the {split} loss is {stats.loss}, so this epoch's weights are not kept; "
             "lower the learning rate (--lr-head, --lr-finetune) or start from pretrained weights"
         )
+
+
+EPOCH_ERRORS = (UnreadableImages, Diverged)  # what `check_epoch` raises: messages meant for the user
+
+
+def check_epoch(stats: "EpochStats", split: str, epoch: int, max_unreadable: float) -> None:
+    """What an epoch's stats must pass before the epoch is checkpointed: enough images read, a finite loss."""
+    check_readable(stats, split, epoch, max_unreadable)
+    check_finite(stats, split, epoch)

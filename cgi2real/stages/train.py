@@ -23,12 +23,10 @@ from cgi2real.imaging.gpu_train import DeviceTrainPreset
 from cgi2real.imaging.presets import EvalPreset
 from cgi2real.model.networks import initial_model, package_config, read_starting_weights, save_model_package, set_trainable
 from cgi2real.model.training import (
-    Diverged,
+    EPOCH_ERRORS,
     EpochStats,
     MaskedCrossEntropy,
-    UnreadableImages,
-    check_finite,
-    check_readable,
+    check_epoch,
     epoch_metrics,
     evaluate,
     format_epoch,
@@ -99,12 +97,10 @@ def train_loop_per_worker(config: dict) -> None:
             progress.note(f"epoch {epoch + 1} of {cfg.epochs}")
             train_batches = counted(train_batches, progress, worker.world_size)
         train_stats = reduce_stats(train_one_epoch(parallel_model, loss_fn, optimizer, train_batches, device, arch.mean, arch.std, cfg.freeze_bn), device)
-        check_readable(train_stats, "training", epoch + 1, cfg.max_unreadable)
-        check_finite(train_stats, "training", epoch + 1)
+        check_epoch(train_stats, "training", epoch + 1, cfg.max_unreadable)
         scheduler.step()
         val_stats = reduce_stats(evaluate(model, loss_fn, val_batches_of(val_shard), device, arch.mean, arch.std), device)
-        check_readable(val_stats, "validation", epoch + 1, cfg.max_unreadable)
-        check_finite(val_stats, "validation", epoch + 1)
+        check_epoch(val_stats, "validation", epoch + 1, cfg.max_unreadable)
         metrics = epoch_metrics(epoch, cfg.epochs, stage, lr, trainable, train_stats, val_stats)
         history.append(metrics)
         state = {
@@ -179,7 +175,7 @@ def run(cfg: TrainConfig, checked: TrainPlan | None = None) -> TrainSummary:
 def _fit(cfg: TrainConfig, name: str, storage, use_gpu: bool, datasets: dict, loop_config: dict):
     return fit(
         train_loop_per_worker, loop_config, what="training", workers=cfg.workers, use_gpu=use_gpu, storage=storage, name=name,
-        max_failures=cfg.max_failures, datasets=datasets, checkpoint_config=checkpoint_config(), expected=(UnreadableImages, Diverged),
+        max_failures=cfg.max_failures, datasets=datasets, checkpoint_config=checkpoint_config(), expected=EPOCH_ERRORS,
     )
 
 
