@@ -1,7 +1,8 @@
 """The renderer judged by ImageNet features: what renders alone teach about real photographs.
 
     python bench/renders.py [--per-class 300] [--seeds 0,1] [--size 224] [--arch efficientnet_lite0]
-                            [--workers 2] [--work DIR] [--name LABEL] [--save-features] [--keep | --renders DIR,DIR]
+                            [--workers 2] [--work DIR] [--name LABEL] [--judge none|imagenet] [--save-features]
+                            [--keep | --renders DIR,DIR]
 
 For each render seed, `--per-class` images per class are rendered at the backbone's size (the
 `cgi2real synth` files: `--scenes photo`, JPEG quality 92, the same seeds), framed by the project's
@@ -28,8 +29,8 @@ file list); renders are redrawn every run (the renderer is what changes), in `--
 
 import argparse
 import hashlib
-import io
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -45,9 +46,9 @@ from cgi2real.core.archs import get_arch  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
 from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
+from cgi2real.model.judge import HORSE_SYNSETS  # noqa: E402
 from cgi2real.model.networks import build_model, imagenet_state_dict  # noqa: E402
-from cgi2real.stages.synth import image_seed  # noqa: E402
-from cgi2real.synth.scenes import render_scene  # noqa: E402
+from cgi2real.stages.synth import image_seed, judged_rendering  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 REAL = os.path.join(SHARED, "real_dev", "val")
@@ -66,22 +67,18 @@ def class_files(root: str) -> list[tuple[str, int]]:
     return items
 
 
-def _render(job: tuple[str, int, int, int]) -> bytes:
-    label, seed, index, size = job
-    buffer = io.BytesIO()
-    render_scene(label, image_seed(seed, index), size).image.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
+def _render(job: tuple[str, int, int, int, str]) -> bytes:
+    label, seed, index, size, judge = job
+    return judged_rendering(label, image_seed(seed, index), size, judge=judge)[1]
 
 
-def render_set(seed: int, per_class: int, size: int, workers: int) -> tuple[list[bytes], np.ndarray]:
-    """The JPEG bytes of `per_class` renders per class (the files `cgi2real synth --seed` writes) and their classes."""
-    jobs = [(label, seed, i, size) for label in CLASSES for i in range(per_class)]
-    with ProcessPoolExecutor(workers) as pool:
+def render_set(seed: int, per_class: int, size: int, workers: int, judge: str = "none") -> tuple[list[bytes], np.ndarray]:
+    """The JPEG bytes of `per_class` renders per class (the files `cgi2real synth --seed --judge` writes) and their classes."""
+    jobs = [(label, seed, i, size, judge) for label in CLASSES for i in range(per_class)]
+    # Spawned, one torch thread each: this process has run torch, and the judge runs torch in the workers.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
         images = list(pool.map(_render, jobs, chunksize=8))
     return images, np.repeat(np.arange(len(CLASSES)), per_class)
-
-
-HORSE_SYNSETS = (339, 603)  # ImageNet-1k's "sorrel" (its one horse class) and "horse cart"
 
 
 class Backbone:
@@ -205,6 +202,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--work", default="/tmp/cgi2real-renders-bench")
     parser.add_argument("--name", default="this checkout", help="the row's name in the ablation table")
+    parser.add_argument("--judge", default="none", help="render as `cgi2real synth --judge` does (imagenet: horse and both scenes drawn again "
+                                                         "until ImageNet sees a horse in them)")
     parser.add_argument("--keep", action="store_true", help="also write each seed's renders under WORK/renders-<seed>/<class>/")
     parser.add_argument("--save-features", action="store_true", help="also write each seed's render features to WORK/features-renders-<seed>.npz (x, y)")
     parser.add_argument("--renders", help="judge these class folders (comma-separated, one per seed: `cgi2real synth` outputs, "
@@ -230,7 +229,7 @@ def main() -> None:
             items = class_files(seed)
             images, y = [open(p, "rb").read() for p, _ in items], np.array([c for _, c in items])
         else:
-            images, y = render_set(seed, args.per_class, size, args.workers)
+            images, y = render_set(seed, args.per_class, size, args.workers, args.judge)
         seconds += time.perf_counter() - start
         if args.keep:
             for k, (data, label) in enumerate(zip(images, y)):
@@ -250,7 +249,7 @@ def main() -> None:
               f"ImageNet sees a horse {recalls(horse[-1], 3)} (photos {recalls(photos_horse, 3)})", flush=True)
     renders = len(only) * len(y)
     result = {
-        "name": args.name, "arch": args.arch, "size": size, "per_class": args.per_class, "seeds": args.seeds,
+        "name": args.name, "arch": args.arch, "size": size, "per_class": args.per_class, "seeds": args.seeds, "judge": args.judge,
         "renders_only": summary(only), "with_other_cgi": summary(added), "without_renders": without, "nearest_renders": summary(near),
         "horse_seen": {"renders": {c: float(np.mean([h[c] for h in horse])) for c in CLASSES}, "photos": photos_horse},
         "per_seed": {"renders_only": only, "with_other_cgi": added, "nearest_renders": near, "horse_seen": horse},

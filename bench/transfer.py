@@ -1,6 +1,7 @@
 """Model quality with pretrained backbones: `cgi2real train` on CGI only, measured on real photos.
 
-    python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--render-seed 0[,1,...]] [--work DIR] [--publish docs/transfer.md]
+    python bench/transfer.py [--runs NAME,NAME,...] [--seeds 0,1] [--render-seed 0[,1,...]] [--judge none|imagenet] [--work DIR]
+                             [--publish docs/transfer.md]
 
 Every run trains with `cgi2real.stages.train.run` (Ray Train, the CLI's code) on CGI-only roots from
 ../shared/data and renders of `cgi2real synth`, then `cgi2real.stages.evaluate.run` measures it on
@@ -94,7 +95,7 @@ def train_config(run: Run, seed: int, args, work: str) -> TrainConfig:
     size = ARCHS[run.arch].image_size
     data, weights = [], []
     for key in run.data:
-        roots = [ROOTS[key]] if ROOTS[key] else [render_root(work, size, render_seed, args.per_class) for render_seed in args.render_seed]
+        roots = [ROOTS[key]] if ROOTS[key] else [render_root(work, size, render_seed, args.per_class, args.judge) for render_seed in args.render_seed]
         data += roots
         weights += [1 / len(roots)] * len(roots)
     return TrainConfig(
@@ -104,9 +105,9 @@ def train_config(run: Run, seed: int, args, work: str) -> TrainConfig:
     )
 
 
-def render_root(work: str, size: int, render_seed: int, per_class: int) -> str:
-    root = os.path.join(work, f"renders-{size}px" + (f"-seed{render_seed}" if render_seed else ""))
-    synth.run(SynthConfig(out=root, per_class=per_class, size=size, seed=render_seed))  # renders only what is missing
+def render_root(work: str, size: int, render_seed: int, per_class: int, judge: str = "none") -> str:
+    root = os.path.join(work, f"renders-{size}px" + (f"-seed{render_seed}" if render_seed else "") + ("" if judge == "none" else f"-{judge}"))
+    synth.run(SynthConfig(out=root, per_class=per_class, size=size, seed=render_seed, judge=judge))  # renders only what is missing
     return root
 
 
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=300, help="renders per class (for runs on renders)")
     parser.add_argument("--render-seed", type=seed_list, default="0", help="the renders' seed (`cgi2real synth --seed`), or several (0,1,2: "
                         "one root per seed, each drawn 1/n times per epoch); use one WORK per choice")
+    parser.add_argument("--judge", default="none", help="the renders' `cgi2real synth --judge` (imagenet: the horse and both scenes ImageNet "
+                        "sees a horse in); use one WORK per choice")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--publish", help="also write the table here (e.g. docs/transfer.md)")
     args = parser.parse_args()

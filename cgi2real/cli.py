@@ -571,6 +571,8 @@ def synth(
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated subset of both,horse,human.")] = None,
     masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Also write figure masks to OUT/_masks/ (for training; not needed for images to label).")] = True,
     scenes: Annotated[str, typer.Option(help="photo: framed and furnished like photographs; simple: whole figures in an open field (easy: demos, smoke tests).")] = "photo",
+    judge: Annotated[str, typer.Option(help="imagenet: draw each horse and both scene again (up to 6 times) until ImageNet's classifier "
+                                            "(EfficientNet-Lite0) sees a horse in it more than in half of the renders; none: keep every render.")] = "none",
     address: Address = None,
     s3_endpoint: S3Endpoint = None,
 ):
@@ -579,12 +581,16 @@ def synth(
     from cgi2real.stages import synth as dataset
 
     _join(address)
-    cfg = SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes, least=1), masks=masks, scenes=scenes, s3_endpoint=s3_endpoint)
+    cfg = SynthConfig(out=out, per_class=per_class, size=size, seed=seed, classes=parse_classes(classes, least=1), masks=masks, scenes=scenes, judge=judge,
+                      s3_endpoint=s3_endpoint)
     if _options_only(cfg):
         return None
     counts = dataset.run(cfg)
     rate = f" in {counts['seconds']:.1f} s ({counts['written'] / counts['seconds']:.1f} img/s)" if counts["written"] else ""
     typer.echo(f"wrote {counts['written']} images{rate}, {counts['already']} were there; {counts['redrawn_camera']} needed another camera, {counts['not_visible']} kept a figure below the visibility bar")
+    if counts["judged"]:
+        typer.echo(f"  judged: {counts['judged']} horse and both images from {counts['judge_draws']} scenes drawn; "
+                   f"{counts['below_bar']} kept below the bar (the best of {dataset.JUDGE_ATTEMPTS})")
     for label, c in counts.get("coverage", {}).items():
         typer.echo(f"  {label}: figures cover {c['median']:.0%} of the image (median; 10th-90th percentile {c['p10']:.0%}-{c['p90']:.0%}) in the {c['n']} rendered")
 

@@ -70,6 +70,7 @@ DEFAULT_GEOMETRY = "crop"
 # model's device decodes and, in training, augments them in batches).
 DECODES = ("cpu", "device")
 AUGMENTATIONS = ("light", "basic", "real")  # training recipes, lightest first (imaging.presets.TrainPreset)
+RENDER_JUDGES = ("none", "imagenet")  # synth: keep every render, or only those ImageNet sees a horse in (horse, both)
 SCENE_STYLES = ("photo", "simple")  # synth: framed and furnished like photographs, or whole figures in an open field
 ADAPT_METHODS = ("bn", "shot")  # adapt: BatchNorm statistics only, or SHOT (stages.adapt)
 PRIORS = ("uniform", "estimated")  # adapt --method shot: the class shares its diversity term aims at
@@ -298,6 +299,7 @@ class SynthConfig:
     classes: tuple[str, ...] = DEFAULT_CLASSES  # any of both, horse, human
     masks: bool = True  # also write figure masks to out/_masks/ (training uses them)
     scenes: str = "photo"  # photo (framed and furnished like photographs) or simple (whole figures in an open field)
+    judge: str = "none"  # imagenet: keep the horse and both renders in which ImageNet sees a horse (stages.synth)
     s3_endpoint: str | None = None  # S3 endpoint URL; None: AWS_ENDPOINT_URL or AWS
 
     def check(self) -> None:
@@ -308,6 +310,7 @@ class SynthConfig:
         choose("--per-class", self.per_class, at_least(1))
         choose("--size", self.size, at_least(32))
         choose("--scenes", self.scenes, SCENE_STYLES)
+        choose("--judge", self.judge, RENDER_JUDGES)
 
 
 def from_dict(cls, values: dict):

@@ -15,7 +15,8 @@ from torch import nn
 from cgi2real.core.classes import DEFAULT_CLASSES
 from cgi2real.formats.class_folders import scan_image_files, scan_labeled_dataset
 from cgi2real.imaging.presets import decode_image
-from cgi2real.stages.synth import contact_sheet, write_dataset
+from cgi2real.model.judge import HORSE_SEEN_BAR, horse_judge
+from cgi2real.stages.synth import ATTEMPT_STRIDE, JUDGE_ATTEMPTS, contact_sheet, image_seed, judged_rendering, write_dataset
 from cgi2real.synth.render import Scene, normalize
 from cgi2real.synth.scenes import compose, render_scene
 from tests.conftest import invoke
@@ -89,6 +90,10 @@ def test_synth_job_writes_class_folders_and_reruns_only_what_is_missing(ray_clus
     assert sorted(os.listdir(out / "_masks" / "horse")) == [f"horse_{i:06d}.png" for i in range(3)]
     invoke("synth", "--out", tmp_path / "plain", "--per-class", 1, "--size", 64, "--no-masks")
     assert not (tmp_path / "plain" / "_masks").exists() and len(os.listdir(tmp_path / "plain" / "both")) == 1
+    # judged on Ray: the same files as judged in one process (horse 3 of seed 4 on its second scene)
+    judged = invoke("synth", "--out", tmp_path / "judged", "--per-class", 4, "--size", 96, "--seed", 4, "--classes", "horse", "--judge", "imagenet").output
+    assert "judged: 4 horse and both images from 5 scenes drawn; 0 kept below the bar" in judged, judged
+    assert (tmp_path / "judged" / "horse" / "horse_000003.jpg").read_bytes() == judged_rendering("horse", image_seed(4, 3), 96, judge="imagenet")[1]
 
 
 @pytest.mark.slow
@@ -97,6 +102,52 @@ def test_synth_job_writes_to_s3(ray_cluster, s3_client, bucket, s3_endpoint):
     keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="cgi/")["Contents"])
     assert [k for k in keys if k.endswith(".jpg")] == ["cgi/both/both_000000.jpg", "cgi/both/both_000001.jpg", "cgi/horse/horse_000000.jpg", "cgi/horse/horse_000001.jpg"]
     assert [k for k in keys if k.endswith(".png")] == ["cgi/_masks/both/both_000000.png", "cgi/_masks/both/both_000001.png", "cgi/_masks/horse/horse_000000.png", "cgi/_masks/horse/horse_000001.png"]
+
+
+def test_the_imagenet_judge_keeps_the_first_scene_it_sees_a_horse_in(tmp_path, monkeypatch):
+    """Horse and both scenes are drawn again until the judge's P(horse) reaches the bar, or the best of
+    JUDGE_ATTEMPTS is kept; people are not judged; the files are what the judge saw."""
+    judge = horse_judge()
+
+    def check(label: str, seed: int, bar: float) -> int:
+        rendering, jpeg = judged_rendering(label, seed, 96, judge="imagenet")
+        attempts = rendering.info["judge_attempts"]
+        drawn = [_jpeg(render_scene(label, seed + k * ATTEMPT_STRIDE, 96).image) for k in range(attempts)]
+        seen = [float(judge([data])[0]) for data in drawn]
+        assert all(p < bar for p in seen[:-1]), (label, seed, seen)
+        if rendering.info["judge_passed"]:
+            assert seen[-1] >= bar and jpeg == drawn[-1]
+        else:
+            assert attempts == JUDGE_ATTEMPTS and jpeg == drawn[int(np.argmax(seen))]
+        assert rendering.info["horse_seen"] == pytest.approx(float(judge([jpeg])[0]), abs=1e-5)
+        return attempts
+
+    # seed 4: horse 3 and both 0 pass on their second scene, horse 7 on its fifth (at 96 px)
+    assert [check(label, image_seed(4, i), HORSE_SEEN_BAR) for label, i in [("horse", 0), ("horse", 3), ("horse", 7), ("both", 0)]] == [1, 2, 5, 2]
+    human = image_seed(4, 0)
+    assert judged_rendering("human", human, 96, judge="imagenet")[1] == _jpeg(render_scene("human", human, 96).image)
+    # write_dataset writes the judged files: horses 0-2 as drawn first, horse 3 its second scene
+    write_dataset(str(tmp_path / "judged"), 4, size=96, seed=4, classes=("horse",), judge="imagenet")
+    files = [(tmp_path / "judged" / "horse" / f"horse_{i:06d}.jpg").read_bytes() for i in range(4)]
+    firsts = [_jpeg(render_scene("horse", image_seed(4, i), 96).image) for i in range(4)]
+    assert [a == b for a, b in zip(files, firsts)] == [True, True, True, False]
+    assert files[3] == _jpeg(render_scene("horse", image_seed(4, 3) + ATTEMPT_STRIDE, 96).image)
+    # a bar no scene reaches: all JUDGE_ATTEMPTS drawn, the best kept
+    monkeypatch.setattr("cgi2real.model.judge.HORSE_SEEN_BAR", 1.0)
+    assert check("horse", image_seed(4, 0), 1.0) == JUDGE_ATTEMPTS
+
+
+def test_a_folder_keeps_its_judge_and_an_unknown_judge_is_refused(tmp_path):
+    (tmp_path / "_synth.json").write_text(json.dumps({"size": 64, "seed": 0, "scenes": "photo"}))  # rendered before --judge
+    refused = invoke("synth", "--out", tmp_path, "--per-class", 1, "--size", 64, "--judge", "imagenet", code=2).stderr
+    assert refused.strip().count("\n") == 0 and "--judge none" in refused, refused
+    assert "--judge 'zebra': expected one of none, imagenet" in invoke("synth", "--out", tmp_path / "x", "--per-class", 1, "--judge", "zebra", code=2).stderr
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
 
 
 def test_unknown_class_is_refused():
