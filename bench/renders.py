@@ -17,9 +17,10 @@ must add to it, not subtract.
 Next to the linear head, two diagnostics that are not the judge: the nearest renders vote
 (`fit_neighbours`: k = the square root of the number of renders, on the same standardized
 features), to tell what the renders carry from what a linear head draws out of them; and whether
-ImageNet sees a horse (`Backbone.horse_seen`: the backbone's own ImageNet classifier on the same
-features, P(sorrel) + P(horse cart), its mean per class of renders next to the photos'), which
-varies little from seed to seed.
+ImageNet sees a horse (`HorseJudge.horse_seen`, the judge of `synth --judge imagenet`: the
+backbone's own ImageNet classifier on the same features, P(sorrel) + P(horse cart), its mean per
+class of renders next to the photos'), which varies little from seed to seed. The features are the
+judge's (`HorseJudge.features`).
 
 Figures are the mean over the render seeds with the spread (half the range). Each run appends one
 JSON line to WORK/results.jsonl (named by `--name`) and prints a Markdown row for the ablation table
@@ -45,9 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from cgi2real.core.archs import get_arch  # noqa: E402
 from cgi2real.core.classes import DEFAULT_CLASSES  # noqa: E402
 from cgi2real.core.config import DEFAULT_GEOMETRY  # noqa: E402
-from cgi2real.imaging.presets import EvalPreset, normalize  # noqa: E402
-from cgi2real.model.judge import HORSE_SYNSETS  # noqa: E402
-from cgi2real.model.networks import build_model, imagenet_state_dict  # noqa: E402
+from cgi2real.model.judge import HorseJudge  # noqa: E402
 from cgi2real.stages.synth import image_seed, judged_rendering  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -81,47 +80,18 @@ def render_set(seed: int, per_class: int, size: int, workers: int, judge: str = 
     return images, np.repeat(np.arange(len(CLASSES)), per_class)
 
 
-class Backbone:
-    """The project's frozen ImageNet network for `arch`: image bytes -> pooled features (N, D), and
-    what its own ImageNet classifier makes of those features (`horse_seen`)."""
-
-    def __init__(self, arch: str, size: int):
-        spec = get_arch(arch)
-        imagenet = imagenet_state_dict(arch)
-        self.classifier = imagenet["classifier.weight"].double().numpy(), imagenet["classifier.bias"].double().numpy()
-        self.model = build_model(len(CLASSES), size, "imagenet", arch=arch, imagenet=imagenet).eval()
-        self.preset = EvalPreset(size, DEFAULT_GEOMETRY)
-        self.mean, self.std = spec.mean, spec.std
-
-    @torch.inference_mode()
-    def __call__(self, images: list[bytes], batch: int = 32) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), batch):
-            x = normalize(torch.stack([self.preset(b) for b in images[start:start + batch]]), self.mean, self.std)
-            x = x.contiguous(memory_format=torch.channels_last)
-            out.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).numpy())
-        return np.concatenate(out)
-
-    def horse_seen(self, features: np.ndarray) -> np.ndarray:
-        """P(sorrel or horse cart) per image by the backbone's ImageNet classifier: whether ImageNet sees a horse."""
-        from scipy.special import softmax
-
-        weight, bias = self.classifier
-        return softmax(features @ weight.T + bias, axis=1)[:, list(HORSE_SYNSETS)].sum(1)
-
-
 def horse_by_class(seen: np.ndarray, y: np.ndarray) -> dict:
     """Mean P(ImageNet's horse classes) per class (NaN for a class the images lack)."""
     return {c: float(seen[y == k].mean()) if (y == k).any() else float("nan") for k, c in enumerate(CLASSES)}
 
 
-def cached_features(backbone: Backbone, items: list[tuple[str, int]], tag: str, work: str) -> tuple[np.ndarray, np.ndarray]:
+def cached_features(backbone: HorseJudge, items: list[tuple[str, int]], tag: str, work: str) -> tuple[np.ndarray, np.ndarray]:
     key = hashlib.sha1((tag + "|" + "|".join(p for p, _ in items)).encode()).hexdigest()[:16]
     path = os.path.join(work, f"features-{key}.npz")
     if os.path.exists(path):
         cached = np.load(path)
         return cached["x"], cached["y"]
-    x = backbone([open(p, "rb").read() for p, _ in items])
+    x = backbone.features([open(p, "rb").read() for p, _ in items])
     y = np.array([c for _, c in items])
     np.savez(path, x=x, y=y)
     return x, y
@@ -214,7 +184,7 @@ def main() -> None:
     size = args.size or get_arch(args.arch).image_size
     os.makedirs(args.work, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 2)
-    backbone = Backbone(args.arch, size)
+    backbone = HorseJudge(args.arch, size)
     tag = f"{args.arch}|{size}|{DEFAULT_GEOMETRY}"
     real_x, real_y = cached_features(backbone, class_files(REAL), tag, args.work)
     other = [cached_features(backbone, class_files(root), tag, args.work) for root in OTHER_CGI]
@@ -236,7 +206,7 @@ def main() -> None:
                 path = os.path.join(args.work, f"renders-{seed}", CLASSES[label], f"{k:06d}.jpg")
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 open(path, "wb").write(data)
-        x = backbone(images)
+        x = backbone.features(images)
         if args.save_features:
             np.savez(os.path.join(args.work, f"features-renders-{seed}.npz"), x=x, y=y)
         only.append(scores(real_y, fit_probe(x, y)(real_x)))

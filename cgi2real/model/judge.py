@@ -25,23 +25,39 @@ HORSE_SEEN_BAR = 0.0023
 
 
 class HorseJudge:
-    """JPEG bytes -> P(ImageNet's horse classes), by the frozen Lite0 as the project's eval preset frames it."""
+    """A frozen ImageNet network (`arch`, at `size`: by default its own), framed by the project's eval
+    preset: image bytes -> pooled features (`features`), and whether its own ImageNet classifier sees
+    a horse in them (`horse_seen`); called on image bytes, both at once. `bench/renders.py` probes
+    with the same features."""
 
-    def __init__(self, arch: str = JUDGE_ARCH):
+    def __init__(self, arch: str = JUDGE_ARCH, size: int | None = None):
         from cgi2real.model.networks import build_model, imagenet_state_dict
 
         spec = get_arch(arch)
+        size = size or spec.image_size
         imagenet = imagenet_state_dict(arch)
-        self.model = build_model(1000, spec.image_size, "imagenet", arch=arch, imagenet=imagenet).eval()
-        self.model.classifier.load_state_dict({"weight": imagenet["classifier.weight"], "bias": imagenet["classifier.bias"]})
-        self.preset = EvalPreset(spec.image_size, DEFAULT_GEOMETRY)
+        self.model = build_model(1000, size, "imagenet", arch=arch, imagenet=imagenet).eval()
+        self.weight, self.bias = imagenet["classifier.weight"].double(), imagenet["classifier.bias"].double()  # ImageNet's head
+        self.preset = EvalPreset(size, DEFAULT_GEOMETRY)
         self.mean, self.std = spec.mean, spec.std
 
     @torch.inference_mode()
+    def features(self, images: list[bytes], batch: int = 32) -> np.ndarray:
+        """(N, D) pooled features before the classifier."""
+        out = []
+        for start in range(0, len(images), batch):
+            x = normalize(torch.stack([self.preset(data) for data in images[start:start + batch]]), self.mean, self.std)
+            x = x.contiguous(memory_format=torch.channels_last)
+            out.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).numpy())
+        return np.concatenate(out)
+
+    def horse_seen(self, features: np.ndarray) -> np.ndarray:
+        """(N,) P(sorrel) + P(horse cart) by the ImageNet classifier on `features` (float64)."""
+        p = (torch.from_numpy(features).double() @ self.weight.T + self.bias).softmax(1)
+        return p[:, list(HORSE_SYNSETS)].sum(1).numpy()
+
     def __call__(self, images: list[bytes]) -> np.ndarray:
-        x = normalize(torch.stack([self.preset(data) for data in images]), self.mean, self.std)
-        p = self.model(x.contiguous(memory_format=torch.channels_last)).softmax(1)
-        return p[:, list(HORSE_SYNSETS)].sum(1).double().numpy()
+        return self.horse_seen(self.features(images))
 
 
 @lru_cache(maxsize=1)
